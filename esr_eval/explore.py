@@ -1,0 +1,81 @@
+"""`esr-eval generate` (steered beside unsteered) and `esr-eval latents` (search labels)."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from esr_eval.provider import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, load_engine
+from esr_eval.steering.engine import GenerationRequest
+from esr_eval.steering.intervention import Intervention
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="smollm2-135m", help="preset, hub id, folder or .gguf file")
+    parser.add_argument("--dictionary", help="SAE / direction-set folder, sae-lens RELEASE/SAE_ID or preset")
+    parser.add_argument("--layer", type=int, help="override the dictionary's hook layer")
+    parser.add_argument("--labels", help="labels file (JSON or CSV, index -> text)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default="cpu")
+
+
+def engine_from(args: argparse.Namespace):
+    return load_engine(args.model, args.dictionary, args.layer, args.labels, args.dtype, args.device)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    engine = engine_from(args)
+    if args.latent is not None:
+        engine.dictionary is not None and engine.dictionary.check_latent(args.latent)
+    steering = [Intervention(args.latent, args.value, args.mode)] if args.latent is not None else []
+    make = lambda ivs: GenerationRequest(
+        [{"role": "user", "content": args.prompt}], ivs, args.max_tokens, args.temperature, seed=args.seed
+    )
+    plain, steered = engine.generate([make([]), make(steering)])
+    label = engine.dictionary.label(args.latent) if steering and engine.dictionary else None
+    table = Table(title=args.prompt, show_lines=True)
+    table.add_column("unsteered")
+    table.add_column(f"latent {args.latent} {args.mode} {args.value}" + (f" ({label})" if label else ""))
+    table.add_row(plain.text, steered.text)
+    Console().print(table)
+    return 0
+
+
+def _latents(args: argparse.Namespace) -> int:
+    from esr_eval.steering.dictionary import load_dictionary
+    from esr_eval.steering.presets import get_preset
+
+    preset = get_preset(args.dictionary or args.model)
+    spec = preset.dictionary if preset else args.dictionary or args.model
+    dictionary = load_dictionary(spec, labels=args.labels)
+    hits = dictionary.search(args.search) if args.search else sorted(dictionary.labels.items())
+    table = Table(title=f"{dictionary.name}: {len(hits)} latents")
+    table.add_column("latent", justify="right")
+    table.add_column("label")
+    for k, text in hits[: args.limit]:
+        table.add_row(str(k), text)
+    Console().print(table)
+    return 0 if hits else 1
+
+
+def register(sub) -> None:
+    gen = sub.add_parser("generate", help="print a steered answer beside the unsteered one")
+    add_model_args(gen)
+    gen.add_argument("prompt")
+    gen.add_argument("--latent", type=int)
+    gen.add_argument("--value", type=float, default=8.0)
+    gen.add_argument("--mode", default="add", choices=["add", "clamp"])
+    gen.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS // 2)
+    gen.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(func=_generate)
+
+    lat = sub.add_parser("latents", help="list or search a dictionary's latent labels")
+    lat.add_argument("--model", default="smollm2-135m", help="preset whose dictionary to read")
+    lat.add_argument("--dictionary", help="dictionary folder or preset")
+    lat.add_argument("--labels")
+    lat.add_argument("--search", help="case-insensitive substring of the label")
+    lat.add_argument("--limit", type=int, default=50)
+    lat.set_defaults(func=_latents)

