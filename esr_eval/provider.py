@@ -94,7 +94,6 @@ def _message_dicts(messages: list[ChatMessage]) -> list[dict[str, str]]:
     return [{"role": m.role if m.role != "tool" else "user", "content": m.text} for m in messages]
 
 
-@modelapi(name=PROVIDER)
 class SteeredModelAPI(ModelAPI):
     def __init__(
         self,
@@ -175,6 +174,11 @@ class SteeredModelAPI(ModelAPI):
             total_tokens=result.prompt_tokens + result.completion_tokens,
         )
         return output
+
+
+@modelapi(name=PROVIDER)
+def steered() -> type[ModelAPI]:
+    return SteeredModelAPI
 
 
 def steered_api(model: Any) -> SteeredModelAPI | None:

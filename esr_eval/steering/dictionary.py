@@ -23,6 +23,7 @@ class FeatureDictionary(ABC):
     name: str
     layer: int
     labels: dict[int, str]
+    folder: Path | None = None  # where it was loaded from, if local (latent_stats.json may sit there)
 
     @property
     @abstractmethod
@@ -226,4 +227,5 @@ def load_dictionary(
         )
     if labels is not None:
         found.labels = read_labels(labels)
+    found.folder = path if path.is_dir() else None
     return found

@@ -219,6 +219,18 @@ class SteeredLM:
 
     # ---------------------------------------------------------------- read-out
     @torch.inference_mode()
+    def prompt_residuals(self, prompts: Sequence[list[Message]], skip: int = 2) -> list[torch.Tensor]:
+        """The unsteered residual at the hook layer over each prompt's tokens, [T - skip, d_model];
+        the first `skip` positions (BOS and the huge-norm token after it) are left out."""
+        out = []
+        for messages in prompts:
+            ids = torch.tensor([self.prompt_ids(messages)], device=next(self.model.parameters()).device)
+            with self.hooks.active(None, record=True) as record:
+                self._forward(ids, torch.ones_like(ids), None, None, last_only=True)
+            out.append(record[0][0, skip:].float())
+        return out
+
+    @torch.inference_mode()
     def read_latents(
         self,
         conversations: Sequence[tuple[list[Message], str]],

@@ -1,0 +1,1 @@
+"""Inspect tasks of esr-eval (registry names esr_eval/<task>)."""

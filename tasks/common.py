@@ -1,0 +1,266 @@
+"""What every ESR task shares: the steered model, prompts, latents, calibration, dataset, solver."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inspect_ai.dataset import MemoryDataset, Sample
+from inspect_ai.model import ChatMessageUser, GenerateConfig, Model, get_model
+from inspect_ai.solver import Generate, Solver, TaskState, solver
+
+from esr_eval.calibration import Bounds, CalibrationResult, ThresholdCache, bisect_boost, prompt_set_hash
+from esr_eval.latents import load_prompts, rate_concreteness, sample_latents
+from esr_eval.provider import DEFAULT_MODEL, SteeredModelAPI, steered_api
+from esr_eval.scorers import OFFLINE_GRADER, judge_answer
+from esr_eval.steering.intervention import Intervention, steering_to_extra_body
+
+PROMPTS_FILE = Path(__file__).parent / "data" / "prompts.jsonl"
+
+
+def as_list(value: Any, cast=int) -> list | None:
+    """-T values arrive through YAML: `[1,2]`, `1,2`, `"1"` or `1`."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        value = [v for v in value.strip("[]").split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)):
+        value = [value]
+    return [cast(v.strip() if isinstance(v, str) else v) for v in value]
+
+
+def steered_model() -> tuple[Model | None, SteeredModelAPI]:
+    """The evaluated model, or the embedded default when the user named none (then the Model
+    is returned so the task can pin it; a user's --model is never overridden)."""
+    active = get_model()
+    if str(active) == "none/none":
+        default = get_model(DEFAULT_MODEL)
+        return default, steered_api(default)  # type: ignore[return-value]
+    api = steered_api(active)
+    if api is None:
+        raise ValueError(
+            f"esr_eval tasks steer a local model, but {active} is not one: "
+            "use --model steered/<preset | hub id | path> (e.g. steered/smollm2-135m)"
+        )
+    return None, api
+
+
+def resolve_grader() -> Model:
+    """The `grader` role, else the offline grader: never the evaluated model."""
+    return get_model(role="grader", default=OFFLINE_GRADER)
+
+
+def sample_seed(seed: int, *parts: Any) -> int:
+    return int(hashlib.sha1(":".join(map(str, (seed, *parts))).encode()).hexdigest()[:8], 16)
+
+
+class Calibrator:
+    """Thresholds per latent: cached, else found by bisection. Samples of one latent await one
+    calibration; calibrations of different latents run concurrently, so their generations batch."""
+
+    def __init__(self, api: SteeredModelAPI, prompts: list[str], target: float, max_trials: int, generation: dict[str, Any], cache_path: str | None, seed: int) -> None:
+        self.api = api
+        self.prompts = prompts
+        self.target = target
+        self.max_trials = max_trials
+        self.generation = generation
+        self.cache = ThresholdCache(cache_path)
+        self.seed = seed
+        self._running: dict[int, asyncio.Future] = {}
+        self._bounds: Bounds | None = None
+
+    def bounds(self) -> Bounds:
+        if self._bounds is None:
+            import torch
+
+            engine = self.api.engine
+            resid = engine.prompt_residuals([[{"role": "user", "content": p}] for p in self.prompts[:8]])
+            self._bounds = Bounds.from_scale(float(torch.cat(resid).norm(dim=-1).median()))
+        return self._bounds
+
+    def key(self, latent: int, grader: Model) -> dict[str, Any]:
+        return dict(
+            model=self.api.model_name,
+            dictionary=self.api.dictionary_id(),
+            latent=latent,
+            grader=str(grader),
+            target=self.target,
+            prompts=prompt_set_hash(self.prompts),
+        )
+
+    async def threshold(self, latent: int, label: str) -> CalibrationResult:
+        if latent not in self._running:
+            self._running[latent] = asyncio.ensure_future(self._calibrate(latent, label))
+        return await asyncio.shield(self._running[latent])
+
+    async def _calibrate(self, latent: int, label: str) -> CalibrationResult:
+        grader = resolve_grader()
+        key = self.key(latent, grader)
+        cached = self.cache.get(**key)
+        if cached is not None:
+            return cached
+        model = get_model()
+
+        async def first_score(boost: float, trial: int) -> float:
+            prompt = self.prompts[sample_seed(self.seed, latent, trial) % len(self.prompts)]
+            steering = steering_to_extra_body([Intervention(latent, boost)], self.api.dictionary_id())
+            config = GenerateConfig(extra_body=steering, seed=sample_seed(self.seed, "calibration", latent, trial), **self.generation)
+            answer = (await model.generate([ChatMessageUser(content=prompt)], config=config)).completion
+            judged = await judge_answer(grader, prompt, answer, label)
+            return 0.0 if judged.error or not judged.attempts else judged.attempts[0].score / 100.0
+
+        result = await bisect_boost(first_score, self.bounds(), self.target, self.max_trials)
+        self.cache.put(result, **key)
+        return result
+
+    async def all_thresholds(self, labels: dict[int, str]) -> dict[int, float]:
+        results = await asyncio.gather(*(self.threshold(k, v) for k, v in labels.items()))
+        return {k: r.threshold for k, r in zip(labels, results)}
+
+
+@dataclass
+class Setup:
+    """What the task function resolves before the eval starts."""
+
+    default_model: Model | None
+    api: SteeredModelAPI
+    prompts: list[dict[str, str]]
+    latents: list[int]
+    labels: dict[int, str]
+    calibrator: Calibrator
+    generation: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+def prepare(
+    prompts: str | None,
+    n_latents: int,
+    latents: Any,
+    seed: int,
+    relevance: str,
+    concreteness: str | None,
+    target: float,
+    calibration_trials: int,
+    threshold_cache: str | None,
+    max_tokens: int,
+    temperature: float,
+) -> Setup:
+    """Resolve the model, prompts and latents; raise one-line errors before any generation."""
+    if not 0.0 < float(target) < 1.0:
+        raise ValueError(f"target {target} must lie in (0, 1): it is the first-attempt score (0-1) to calibrate to")
+    if relevance not in ("topk", "strict"):
+        raise ValueError(f"relevance {relevance!r} is unknown: use topk or strict")
+    prompt_rows = load_prompts(prompts or PROMPTS_FILE)
+    default_model, api = steered_model()
+    engine = api.engine
+    if engine.dictionary is None:
+        raise ValueError("the steered model has no dictionary: pass -M dictionary=... (or use a preset)")
+    notes: list[str] = []
+    pinned = as_list(latents)
+    if pinned:
+        for k in pinned:
+            engine.dictionary.check_latent(k)
+        chosen = pinned
+    else:
+        ratings = None
+        if concreteness:
+            labelled = {k: v for k, v in engine.dictionary.labels.items()}
+            ratings = run_async(rate_concreteness(concreteness, labelled))
+        else:
+            notes.append("concreteness filter skipped: no -T concreteness=MODEL given")
+        messages = [[{"role": "user", "content": p["prompt"]}] for p in prompt_rows]
+        sampled = sample_latents(engine, int(n_latents), messages, int(seed), relevance, ratings)
+        chosen = sampled.latents
+        notes += sampled.notes
+        notes.append(f"latent filters dropped {sampled.dropped}")
+    generation = {"max_tokens": int(max_tokens), "temperature": float(temperature)}
+    calibrator = Calibrator(api, [p["prompt"] for p in prompt_rows], float(target), int(calibration_trials), generation, threshold_cache, int(seed))
+    labels = {k: engine.dictionary.label(k) or f"latent {k}" for k in chosen}
+    return Setup(default_model, api, prompt_rows, chosen, labels, calibrator, generation, notes)
+
+
+def run_async(coro):
+    """Run a coroutine from sync code, also when an event loop is already running."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def build_samples(
+    setup: Setup,
+    prompts_per_latent: int,
+    seed: int,
+    boost_rule: str = "threshold",
+    extra: dict[str, Any] | None = None,
+    id_suffix: str = "",
+    prompt_template: str | None = None,
+) -> list[Sample]:
+    """latents x prompts_per_latent samples; the same (latent, prompt, seed) triples for any
+    variant built with the same seed, so variants compare trial by trial."""
+    if prompts_per_latent < 1 or prompts_per_latent > len(setup.prompts):
+        raise ValueError(f"prompts_per_latent must be 1..{len(setup.prompts)} (the prompt set's size)")
+    samples = []
+    for latent in setup.latents:
+        rng = random.Random(sample_seed(seed, "prompts", latent))
+        for row in rng.sample(setup.prompts, prompts_per_latent):
+            label = setup.labels[latent]
+            text = row["prompt"] if prompt_template is None else prompt_template.format(prompt=row["prompt"], label=label)
+            samples.append(
+                Sample(
+                    id=f"l{latent}-{row['id']}{id_suffix}",
+                    input=text,
+                    metadata={
+                        "latent": latent,
+                        "label": label,
+                        "prompt": row["prompt"],
+                        "prompt_id": row["id"],
+                        "seed": sample_seed(seed, latent, row["id"]),
+                        "mode": "add",
+                        "boost_rule": boost_rule,
+                        **(extra or {}),
+                    },
+                )
+            )
+    return samples
+
+
+def dataset(samples: Iterable[Sample], name: str) -> MemoryDataset:
+    return MemoryDataset(list(samples), name=name)
+
+
+@solver
+def steered_generate(calibrator: Calibrator, labels: dict[int, str], generation: dict[str, Any]) -> Solver:
+    """Resolve the sample's boost (threshold, zero, fixed or sweep level), then generate with the
+    steering (and any ablation) in `extra_body`."""
+
+    async def solve(state: TaskState, generate: Generate) -> TaskState:
+        md = state.metadata
+        latent, rule = md["latent"], md["boost_rule"]
+        if rule in ("threshold", "sweep"):
+            result = await calibrator.threshold(latent, md["label"])
+            md.update(threshold=result.threshold, calibration_trials=result.trials, calibration_score=result.score)
+        if rule == "threshold":
+            md["boost"] = md["threshold"]
+        elif rule == "sweep":
+            import numpy as np
+
+            thresholds = list((await calibrator.all_thresholds(labels)).values())
+            md["boost"] = max(0.0, float(np.mean(thresholds) + md["level"] * np.std(thresholds)))
+        elif rule == "zero":
+            md["boost"] = 0.0
+        interventions = [Intervention(latent, float(md["boost"]), md.get("mode", "add"))] if md["boost"] else []
+        interventions += [Intervention(k, 0.0, "clamp") for k in md.get("ablated", [])]
+        steering = steering_to_extra_body(interventions, calibrator.api.dictionary_id())
+        return await generate(state, extra_body=steering, seed=md["seed"], **generation)
+
+    return solve

@@ -1,0 +1,97 @@
+"""Probabilistic bisection of the boost, and the threshold cache."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+
+import numpy as np
+import pytest
+
+from esr_eval.calibration import Bounds, CalibrationResult, ThresholdCache, bisect_boost, direction_confidence
+
+TARGET = 0.3
+
+
+def noisy_curve(crossing: float, width: float, rng: np.random.Generator):
+    """A falling score curve that equals TARGET at `crossing`, with judge noise (sd 0.07)."""
+    centre = crossing + width * np.log(1 / TARGET - 1)
+
+    async def score(boost: float, trial: int) -> float:
+        clean = 1.0 / (1.0 + np.exp((boost - centre) / width))
+        return float(np.clip(clean + rng.normal(0, 0.07), 0, 1))
+
+    return score
+
+
+def test_direction_confidence_points_the_right_way():
+    assert direction_confidence(0.9, TARGET) > 0.9  # score far above target: push harder
+    assert direction_confidence(0.0, TARGET) < 0.2
+    assert direction_confidence(0.1, TARGET) < direction_confidence(0.5, TARGET)
+
+
+def test_bisection_reaches_target_within_budget_on_noisy_curves():
+    rng = np.random.default_rng(0)
+    scale = 150.0  # residual-norm scale of the prior, as for a real layer
+    bounds = Bounds.from_scale(scale)
+    calls, errors = [], []
+    for _ in range(60):
+        crossing = float(np.clip(rng.normal(bounds.prior_mean, bounds.prior_sd), 20, bounds.upper - 20))
+        width = scale * rng.uniform(0.08, 0.25)
+        result = asyncio.run(bisect_boost(noisy_curve(crossing, width, rng), bounds, TARGET, max_trials=20))
+        calls.append(result.trials)
+        errors.append(abs(result.score - TARGET))
+    assert statistics.median(calls) <= 8
+    assert np.mean(np.array(errors) <= 0.1) >= 0.9
+
+
+def test_bisection_moves_up_when_scores_stay_high():
+    async def always_fine(boost: float, trial: int) -> float:
+        return 0.95
+
+    result = asyncio.run(bisect_boost(always_fine, Bounds(0, 10, 2, 1), TARGET, max_trials=6))
+    assert result.trials == 6
+    assert result.threshold > 4  # two prior sds above the prior mean
+    assert [b for b, _ in result.history] == sorted(b for b, _ in result.history)
+
+
+def _key(latent: int = 3) -> dict:
+    return dict(model="steered/m", dictionary="sae@2", latent=latent, grader="esr_judge/minilm", target=0.3, prompts="abc")
+
+
+def test_cache_round_trip_and_reuse(tmp_path):
+    cache = ThresholdCache(tmp_path / "t.jsonl")
+    assert cache.get(**_key()) is None
+    cache.put(CalibrationResult(12.5, 4, 0.31, [(10.0, 0.5), (12.5, 0.31)]), **_key())
+    cache.put(CalibrationResult(7.0, 3, 0.28), **_key(4))
+    cache.put(CalibrationResult(13.0, 5, 0.3), **_key())  # replaces latent 3
+    got = cache.get(**_key())
+    assert (got.threshold, got.trials, got.cached) == (13.0, 5, True)
+    assert cache.thresholds(**_key()) == {3: 13.0, 4: 7.0}
+    assert cache.get(**{**_key(), "grader": "openai/gpt-4o-mini"}) is None
+
+
+def test_killed_write_leaves_cache_readable(tmp_path, monkeypatch):
+    cache = ThresholdCache(tmp_path / "t.jsonl")
+    cache.put(CalibrationResult(12.5, 4, 0.31), **_key())
+
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt  # the process is killed between writing and renaming
+
+    monkeypatch.setattr(os, "replace", die)
+    with pytest.raises(KeyboardInterrupt):
+        cache.put(CalibrationResult(9.0, 2, 0.3), **_key(5))
+    monkeypatch.undo()
+    assert [json.loads(line)["latent"] for line in (tmp_path / "t.jsonl").read_text().splitlines()] == [3]
+    assert list(tmp_path.iterdir()) == [tmp_path / "t.jsonl"]  # no temporary file left behind
+    assert cache.get(**_key()).threshold == 12.5
+
+
+def test_torn_line_is_skipped(tmp_path):
+    path = tmp_path / "t.jsonl"
+    ThresholdCache(path).put(CalibrationResult(1.0, 1, 0.3), **_key())
+    with path.open("a") as fh:
+        fh.write('{"model": "steered/m", "thresh')  # a writer elsewhere died mid-line
+    assert ThresholdCache(path).get(**_key()).threshold == 1.0

@@ -1,0 +1,121 @@
+"""The tasks end to end: tiny random model, random SAE, mockllm grader keyed by the rubric."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from inspect_ai import eval as inspect_eval
+from inspect_ai.model import ModelOutput, ModelUsage, get_model
+
+from esr_eval.latents import relevant_latents, sample_latents
+
+USAGE = ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2)
+
+
+def judge_reply(attempts: list[tuple[float, bool]]) -> str:
+    body = {"attempts": [{"text": f"attempt {i}", "score": s, "serves_concept": c} for i, (s, c) in enumerate(attempts)]}
+    return f"<attempts>{json.dumps(body)}</attempts>"
+
+
+def keyed_grader(by_latent: dict[int, list[tuple[float, bool]]], calls: list[str] | None = None):
+    """A mockllm grader whose reply depends on the latent named in the label "(k)" of the rubric."""
+
+    def reply(input, tools, tool_choice, config):
+        text = input[-1].text
+        if calls is not None:
+            calls.append(text)
+        latent = int(re.findall(r"\((\d+)\)", text)[-1])
+        out = ModelOutput.from_content("mockllm/model", judge_reply(by_latent[latent]))
+        out.usage = USAGE
+        return out
+
+    return get_model("mockllm/model", custom_outputs=reply)
+
+
+def run(task: str, tiny_model_dir, tiny_sae_dir, tmp_path, grader, **task_args):
+    logs = inspect_eval(
+        task,
+        model=f"steered/{tiny_model_dir}",
+        model_args={"dictionary": str(tiny_sae_dir)},
+        model_roles={"grader": grader},
+        task_args={"max_tokens": 8, "threshold_cache": str(tmp_path / "thresholds.jsonl"), **task_args},
+        log_dir=str(tmp_path / "logs"),
+        display="none",
+    )
+    assert logs[0].status == "success", logs[0].error
+    return logs[0]
+
+
+def metrics(log) -> dict[str, float]:
+    return {name: m.value for s in log.results.scores for name, m in s.metrics.items()}
+
+
+# latents 2 and 4 recover (20 -> 70), 1 and 3 answer once (40)
+REPLIES = {1: [(40, False)], 2: [(20, True), (70, False)], 3: [(40, False)], 4: [(20, True), (70, False)]}
+
+
+def test_steering_resistance_end_to_end(tiny_model_dir, tiny_sae_dir, tmp_path):
+    log = run("esr_eval/steering_resistance", tiny_model_dir, tiny_sae_dir, tmp_path, keyed_grader(REPLIES), latents=[1, 2, 3, 4], prompts_per_latent=2)
+    m = metrics(log)
+    assert m["n"] == 8
+    assert m["multi_attempt_rate"] == pytest.approx(0.5)
+    assert m["esr_rate"] == pytest.approx(0.5)
+    assert m["improvement_rate"] == pytest.approx(1.0)
+    assert m["mean_first_score"] == pytest.approx(30.0)
+    assert m["mean_improvement"] == pytest.approx(50.0)
+    assert m["judge_errors"] == 0
+    for sample in log.samples:
+        md = sample.metadata
+        # both first scores (0.2 and 0.4) lie within 0.1 of the 0.3 target: one trial each
+        assert md["calibration_trials"] == 1 and md["boost"] == md["threshold"] > 0
+        body = sample.output and sample.events
+        steering = [e for e in sample.events if e.event == "model" and e.config.extra_body]
+        assert steering[-1].config.extra_body["steering"] == [{"latent": md["latent"], "value": md["boost"], "mode": "add"}]
+        assert steering[-1].config.seed == md["seed"]
+        del body
+
+
+def test_second_run_reuses_thresholds_without_calibration(tiny_model_dir, tiny_sae_dir, tmp_path):
+    first_calls: list[str] = []
+    run("esr_eval/steering_resistance", tiny_model_dir, tiny_sae_dir, tmp_path, keyed_grader(REPLIES, first_calls), latents=[1, 2], prompts_per_latent=2)
+    second_calls: list[str] = []
+    log = run("esr_eval/steering_resistance", tiny_model_dir, tiny_sae_dir, tmp_path, keyed_grader(REPLIES, second_calls), latents=[1, 2], prompts_per_latent=2)
+    assert len(first_calls) == 4 + 2  # 4 trials judged + one calibration trial per latent
+    assert len(second_calls) == 4  # only the trials: every threshold came from the cache
+    assert {s.metadata["threshold"] for s in log.samples} == {
+        json.loads(line)["threshold"] for line in (tmp_path / "thresholds.jsonl").read_text().splitlines()
+    }
+
+
+def test_no_steering_has_zero_boost_and_same_trials(tiny_model_dir, tiny_sae_dir, tmp_path):
+    log = run("esr_eval/no_steering", tiny_model_dir, tiny_sae_dir, tmp_path, keyed_grader(REPLIES), latents=[1, 2, 3, 4], prompts_per_latent=2)
+    base = run("esr_eval/steering_resistance", tiny_model_dir, tiny_sae_dir, tmp_path, keyed_grader(REPLIES), latents=[1, 2, 3, 4], prompts_per_latent=2)
+    assert all(s.metadata["boost"] == 0.0 for s in log.samples)
+    assert [(s.id, s.metadata["seed"]) for s in log.samples] == [(s.id, s.metadata["seed"]) for s in base.samples]
+    for sample in log.samples:
+        calls = [e for e in sample.events if e.event == "model" and e.config.extra_body]
+        assert calls[-1].config.extra_body["steering"] == []
+        assert sample.scores["attempts_judge"].metadata["label"] == sample.metadata["label"]
+
+
+def test_non_steered_model_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--model steered/"):
+        inspect_eval("esr_eval/steering_resistance", model="mockllm/model", log_dir=str(tmp_path), display="none")
+    assert not list(tmp_path.iterdir())  # refused before any log was started
+
+
+def test_relevance_filter_and_seeded_sampling(tiny_lm):
+    prompts = [[{"role": "user", "content": "Explain how to brew coffee."}], [{"role": "user", "content": "How do you tie a tie?"}]]
+    top = relevant_latents(tiny_lm, prompts, "topk", top_k=5)
+    strict = relevant_latents(tiny_lm, prompts, "strict")
+    assert 5 <= len(top) <= 10 and top <= strict
+    peaks = [tiny_lm.dictionary.encode(r).amax(0) for r in tiny_lm.prompt_residuals(prompts)]
+    assert strict == {k for k in range(64) if any(p[k] > 0 for p in peaks)}
+    a = sample_latents(tiny_lm, 3, [], seed=7)
+    b = sample_latents(tiny_lm, 3, [], seed=7)
+    c = sample_latents(tiny_lm, 3, [], seed=8)
+    assert a.latents == b.latents and a.latents != c.latents
+    with pytest.raises(ValueError, match="lower n_latents"):
+        sample_latents(tiny_lm, 3, prompts, seed=0, relevance="strict" if len(strict) == 64 else "topk", concreteness={})
