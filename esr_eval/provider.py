@@ -129,8 +129,7 @@ class SteeredModelAPI(ModelAPI):
         return load_engine(self.source, self.dictionary_spec, self.layer, self.labels, self.dtype, self.device)
 
     def dictionary_id(self) -> str | None:
-        d = self.engine.dictionary
-        return None if d is None else f"{d.name}@{self.engine.layer}"
+        return self.engine.dictionary_id
 
     def max_tokens(self) -> int | None:
         return DEFAULT_MAX_TOKENS
@@ -143,11 +142,7 @@ class SteeredModelAPI(ModelAPI):
 
     def request_from(self, input: list[ChatMessage], config: GenerateConfig) -> GenerationRequest:
         interventions, dictionary = steering_from_extra_body(config.extra_body)
-        if interventions and dictionary is not None and dictionary != self.dictionary_id():
-            raise ValueError(
-                f"the request steers dictionary {dictionary!r} but the model loaded {self.dictionary_id()!r}: "
-                "pass the same -M dictionary=... and layer as the run that chose the latents"
-            )
+        self.engine.resolve_dictionary(dictionary)  # an unknown dictionary fails here, not mid-batch
         extra = config.extra_body or {}
         return GenerationRequest(
             messages=_message_dicts(input),
@@ -157,6 +152,7 @@ class SteeredModelAPI(ModelAPI):
             top_p=1.0 if config.top_p is None else float(config.top_p),
             repetition_penalty=float(extra.get("repetition_penalty", self.repetition_penalty)),
             seed=config.seed,
+            dictionary=dictionary,
         )
 
     async def generate(

@@ -13,13 +13,11 @@ PROMPT = [{"role": "user", "content": "Explain how to brew coffee."}]
 
 
 def layer_output(lm: SteeredLM, interventions) -> torch.Tensor:
-    convo = [(PROMPT, "Boil water, then pour it.")]
     steering = BatchSteering.build([interventions], lm.dictionary, torch.float32)
     ids = torch.tensor([lm.prompt_ids(PROMPT)])
     mask = torch.ones_like(ids)
     with lm.hooks.active(steering, record=True) as record:
         lm.model(input_ids=ids, attention_mask=mask)
-    del convo
     return record[0][0]
 
 
@@ -57,12 +55,12 @@ def test_clamp_reencodes_to_value_for_orthonormal_relu_dictionary(tiny_lm):
     q, _ = torch.linalg.qr(torch.randn(32, 8))
     directions = DirectionSet(q.T.contiguous(), "ortho", layer=2, labels={})
     plain_lm_dict = tiny_lm.dictionary
-    tiny_lm.dictionary = tiny_lm.hooks.dictionary = directions
+    tiny_lm.dictionary = directions
     try:
         clamped = layer_output(tiny_lm, [Intervention(3, 4.25, "clamp")])
         torch.testing.assert_close(directions.encode(clamped)[:, 3], torch.full((clamped.shape[0],), 4.25), atol=1e-4, rtol=1e-4)
     finally:
-        tiny_lm.dictionary = tiny_lm.hooks.dictionary = plain_lm_dict
+        tiny_lm.dictionary = plain_lm_dict
 
 
 def test_no_intervention_equals_unhooked_model(tiny_lm):
@@ -73,7 +71,7 @@ def test_no_intervention_equals_unhooked_model(tiny_lm):
     finally:
         from esr_eval.steering.hooks import ResidualHooks, decoder_layers
 
-        tiny_lm.hooks = ResidualHooks(decoder_layers(tiny_lm.model)[tiny_lm.layer], tiny_lm.dictionary)
+        tiny_lm.hooks = ResidualHooks(decoder_layers(tiny_lm.model)[tiny_lm.layer])
     result = tiny_lm.generate([GenerationRequest(PROMPT, (), max_new_tokens=1, temperature=0, repetition_penalty=1.0)])
     assert result[0].token_ids[0] == int(bare[0, -1].argmax())
     with tiny_lm.hooks.active(BatchSteering.build([[]], tiny_lm.dictionary, torch.float32)):
@@ -119,9 +117,34 @@ def test_read_latents_matches_encode_and_sees_steering(tiny_lm):
     )
     n = len(tiny_lm.tokenizer(answer, add_special_tokens=False)["input_ids"])
     assert plain.shape == (n, 2)
-    full = layer_output(tiny_lm, [])
-    assert full.shape[0] == len(tiny_lm.prompt_ids(PROMPT))
+    full = tiny_lm.dictionary.encode(layer_output_of(tiny_lm, PROMPT, answer))[-n:, [4, 5]]
+    torch.testing.assert_close(plain, full, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(plain[:, 1], steered[:, 1])
+
+
+def layer_output_of(lm: SteeredLM, messages, answer: str) -> torch.Tensor:
+    ids = lm.prompt_ids(messages) + lm.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    with lm.hooks.active(None, record=True) as record:
+        lm.model(input_ids=torch.tensor([ids]))
+    return record[0][0]
+
+
+def test_second_dictionary_steers_rows_that_name_it(tiny_lm):
+    from esr_eval.steering.dictionary import DirectionSet
+
+    directions = DirectionSet(torch.randn(3, 32), "hijack", layer=tiny_lm.layer, labels={0: "French", 1: "a link", 2: "pizza"})
+    key = tiny_lm.add_dictionary(directions)
+    rows = [
+        GenerationRequest(PROMPT, (Intervention(0, 30.0),), max_new_tokens=6, temperature=0, dictionary=key),
+        GenerationRequest(PROMPT, (Intervention(0, 30.0),), max_new_tokens=6, temperature=0),
+    ]
+    by_directions, by_sae = tiny_lm.generate(rows)
+    assert by_directions.token_ids == tiny_lm.generate([rows[0]])[0].token_ids
+    assert by_directions.token_ids != by_sae.token_ids
+    with pytest.raises(ValueError, match="holds"):
+        tiny_lm.generate([GenerationRequest(PROMPT, (Intervention(0, 1.0),), dictionary="unknown@2")])
+    with pytest.raises(ValueError, match="at layer 1"):
+        tiny_lm.add_dictionary(DirectionSet(torch.randn(1, 32), "elsewhere", layer=1, labels={}))
 
 
 def test_extra_body_round_trip():

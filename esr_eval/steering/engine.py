@@ -32,6 +32,7 @@ class GenerationRequest:
     top_p: float = 1.0
     repetition_penalty: float = 1.1
     seed: int | None = None
+    dictionary: str | None = None  # id of the dictionary the interventions index; None: the primary
 
 
 @dataclass
@@ -70,7 +71,8 @@ class SteeredLM:
             self.layer = int(layer) if layer is not None else len(layers) * 3 // 5
             if not 0 <= self.layer < len(layers):
                 raise ValueError(f"layer {self.layer} is outside the model (0..{len(layers) - 1}): pass -M layer=N inside it")
-        self.hooks = ResidualHooks(layers[self.layer], dictionary)
+        self.hooks = ResidualHooks(layers[self.layer])
+        self.extra_dictionaries: dict[str, FeatureDictionary] = {}
         self.use_chat_template = chat_template and tokenizer.chat_template is not None
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
@@ -111,6 +113,32 @@ class SteeredLM:
             name=source,
             chat_template=preset.chat_template if preset else True,
         )
+
+    @staticmethod
+    def dictionary_key(dictionary: FeatureDictionary) -> str:
+        return f"{dictionary.name}@{dictionary.layer}"
+
+    @property
+    def dictionary_id(self) -> str | None:
+        return None if self.dictionary is None else self.dictionary_key(self.dictionary)
+
+    def add_dictionary(self, dictionary: FeatureDictionary) -> str:
+        """Make a second dictionary (e.g. a direction set) steerable; it must sit at this layer."""
+        if dictionary.layer != self.layer:
+            raise ValueError(f"dictionary {dictionary.name!r} is at layer {dictionary.layer}, the model steers layer {self.layer}: build it at that layer")
+        dictionary.check_fits(int(self.model.config.get_text_config().hidden_size), len(decoder_layers(self.model)))
+        dictionary.to(next(self.model.parameters()).device, torch.float32)
+        key = self.dictionary_key(dictionary)
+        self.extra_dictionaries[key] = dictionary
+        return key
+
+    def resolve_dictionary(self, key: str | None) -> FeatureDictionary | None:
+        if key is None or key == self.dictionary_id:
+            return self.dictionary
+        if key not in self.extra_dictionaries:
+            known = [k for k in [self.dictionary_id, *self.extra_dictionaries] if k]
+            raise ValueError(f"the request steers dictionary {key!r}, but the model holds {known}: load the same dictionary (-M dictionary=..., layer) as the run that chose the latents")
+        return self.extra_dictionaries[key]
 
     # ---------------------------------------------------------------- prompts
     def prompt_ids(self, messages: list[Message]) -> list[int]:
@@ -155,7 +183,8 @@ class SteeredLM:
         ids, mask = self._left_pad(prompts)
         device = ids.device
         B = len(requests)
-        steering = BatchSteering.build([r.interventions for r in requests], self.dictionary, self._dtype())
+        dictionaries = [self.resolve_dictionary(r.dictionary) for r in requests]
+        steering = BatchSteering.build([r.interventions for r in requests], dictionaries, self._dtype())
         budgets = torch.tensor([r.max_new_tokens for r in requests], device=device)
         temps = torch.tensor([r.temperature for r in requests], dtype=torch.float32, device=device)
         top_ps = torch.tensor([r.top_p for r in requests], dtype=torch.float32, device=device)

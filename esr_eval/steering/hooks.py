@@ -46,56 +46,76 @@ def _replace_hidden(output: torch.Tensor | tuple, hidden: torch.Tensor) -> torch
 
 
 @dataclass
+class ClampGroup:
+    """Rows that clamp latents of one dictionary: `mask[r, j]` says row `rows[r]` clamps `latents[j]`."""
+
+    dictionary: FeatureDictionary
+    rows: torch.Tensor  # [R] row indices in the batch
+    latents: torch.Tensor  # [U]
+    mask: torch.Tensor  # [R, U] bool
+    values: torch.Tensor  # [R, U]
+
+    def apply(self, h: torch.Tensor) -> torch.Tensor:
+        f = self.dictionary.encode(h[self.rows].float())[..., self.latents]  # [R, T, U]
+        delta = torch.where(self.mask[:, None, :], self.values[:, None, :] - f, 0.0)
+        h = h.clone()
+        h[self.rows] += (delta @ self.dictionary.W_dec[self.latents].float()).to(h.dtype)
+        return h
+
+
+@dataclass
 class BatchSteering:
-    """The interventions of one batch as tensors: one add vector per row, and a clamp table over
-    the union of clamped latents (`clamp_mask[b, j]` says row b clamps latent `clamp_latents[j]`)."""
+    """The interventions of one batch as tensors: one add vector per row, and clamp groups (one
+    per dictionary used for clamping). Clamp reads the residual as the model made it; add follows."""
 
     add: torch.Tensor | None  # [B, d_model]
-    clamp_latents: torch.Tensor | None  # [U]
-    clamp_mask: torch.Tensor | None  # [B, U] bool
-    clamp_values: torch.Tensor | None  # [B, U]
+    clamps: list[ClampGroup]
 
     @classmethod
     def build(
-        cls, rows: Sequence[Sequence[Intervention]], dictionary: FeatureDictionary | None, dtype: torch.dtype
+        cls,
+        rows: Sequence[Sequence[Intervention]],
+        dictionaries: FeatureDictionary | Sequence[FeatureDictionary | None] | None,
+        dtype: torch.dtype,
     ) -> "BatchSteering | None":
+        """`dictionaries`: one for the whole batch, or one per row."""
         if not any(rows):
             return None
-        if dictionary is None:
-            raise ValueError("steering was requested but no dictionary is loaded: pass -M dictionary=...")
-        for row in rows:
+        per_row = list(dictionaries) if isinstance(dictionaries, (list, tuple)) else [dictionaries] * len(rows)
+        add = None
+        by_dictionary: dict[int, list[int]] = {}
+        for b, (row, dictionary) in enumerate(zip(rows, per_row)):
+            if not row:
+                continue
+            if dictionary is None:
+                raise ValueError("steering was requested but no dictionary is loaded: pass -M dictionary=...")
             for iv in row:
                 dictionary.check_latent(iv.latent)
-        W_dec = dictionary.W_dec
-        add = None
-        if any(iv.mode == "add" for row in rows for iv in row):
-            add = torch.zeros(len(rows), dictionary.d_model, dtype=torch.float32, device=W_dec.device)
-            for b, row in enumerate(rows):
-                for iv in row:
-                    if iv.mode == "add":
-                        add[b] += iv.value * W_dec[iv.latent].float()
-            add = add.to(dtype)
-        clamped = sorted({iv.latent for row in rows for iv in row if iv.mode == "clamp"})
-        if not clamped:
-            return cls(add, None, None, None)
-        col = {k: j for j, k in enumerate(clamped)}
-        mask = torch.zeros(len(rows), len(clamped), dtype=torch.bool, device=W_dec.device)
-        values = torch.zeros(len(rows), len(clamped), dtype=torch.float32, device=W_dec.device)
-        for b, row in enumerate(rows):
-            for iv in row:
-                if iv.mode == "clamp":
-                    mask[b, col[iv.latent]] = True
-                    values[b, col[iv.latent]] = iv.value
-        return cls(add, torch.tensor(clamped, device=W_dec.device), mask, values)
+                if iv.mode == "add":
+                    if add is None:
+                        add = torch.zeros(len(rows), dictionary.d_model, dtype=torch.float32, device=dictionary.W_dec.device)
+                    add[b] += iv.value * dictionary.W_dec[iv.latent].float()
+            if any(iv.mode == "clamp" for iv in row):
+                by_dictionary.setdefault(id(dictionary), []).append(b)
+        clamps = []
+        for members in by_dictionary.values():
+            dictionary = per_row[members[0]]
+            latents = sorted({iv.latent for b in members for iv in rows[b] if iv.mode == "clamp"})
+            col = {k: j for j, k in enumerate(latents)}
+            device = dictionary.W_dec.device
+            mask = torch.zeros(len(members), len(latents), dtype=torch.bool, device=device)
+            values = torch.zeros(len(members), len(latents), dtype=torch.float32, device=device)
+            for r, b in enumerate(members):
+                for iv in rows[b]:
+                    if iv.mode == "clamp":
+                        mask[r, col[iv.latent]] = True
+                        values[r, col[iv.latent]] = iv.value
+            clamps.append(ClampGroup(dictionary, torch.tensor(members, device=device), torch.tensor(latents, device=device), mask, values))
+        return cls(None if add is None else add.to(dtype), clamps)
 
-    def apply(self, h: torch.Tensor, dictionary: FeatureDictionary | None) -> torch.Tensor:
-        """Clamp first (on the residual as the model made it), then add."""
-        if self.clamp_latents is not None and dictionary is not None:
-            rows = self.clamp_mask.any(-1)
-            f = dictionary.encode(h[rows].float())[..., self.clamp_latents]  # [R, T, U]
-            delta = torch.where(self.clamp_mask[rows, None, :], self.clamp_values[rows, None, :] - f, 0.0)
-            h = h.clone()
-            h[rows] += (delta @ dictionary.W_dec[self.clamp_latents].float()).to(h.dtype)
+    def apply(self, h: torch.Tensor) -> torch.Tensor:
+        for group in self.clamps:
+            h = group.apply(h)
         if self.add is not None:
             h = h + self.add[:, None, :]
         return h
@@ -105,8 +125,7 @@ class ResidualHooks:
     """Forward hook on one decoder layer's output: applies the current batch's steering, and
     optionally records the (steered) residual for read-out."""
 
-    def __init__(self, layer: nn.Module, dictionary: FeatureDictionary | None) -> None:
-        self.dictionary = dictionary
+    def __init__(self, layer: nn.Module) -> None:
         self.steering: BatchSteering | None = None
         self.record: list[torch.Tensor] | None = None
         self._handle = layer.register_forward_hook(self._hook)
@@ -116,7 +135,7 @@ class ResidualHooks:
             return None
         h = _hidden(output)
         if self.steering is not None:
-            h = self.steering.apply(h, self.dictionary)
+            h = self.steering.apply(h)
         if self.record is not None:
             self.record.append(h.detach())
         return _replace_hidden(output, h)
