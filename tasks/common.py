@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,8 @@ from esr_eval.calibration import Bounds, CalibrationResult, ThresholdCache, bise
 from esr_eval.latents import load_prompts, rate_concreteness, sample_latents
 from esr_eval.provider import DEFAULT_MODEL, SteeredModelAPI, steered_api
 from esr_eval.scorers import OFFLINE_GRADER, judge_answer
+from esr_eval.steering.dictionary import FeatureDictionary
+from esr_eval.steering.engine import SteeredLM
 from esr_eval.steering.intervention import Intervention, steering_to_extra_body
 
 PROMPTS_FILE = Path(__file__).parent / "data" / "prompts.jsonl"
@@ -63,7 +65,7 @@ class Calibrator:
     """Thresholds per latent: cached, else found by bisection. Samples of one latent await one
     calibration; calibrations of different latents run concurrently, so their generations batch."""
 
-    def __init__(self, api: SteeredModelAPI, prompts: list[str], target: float, max_trials: int, generation: dict[str, Any], cache_path: str | None, seed: int) -> None:
+    def __init__(self, api: SteeredModelAPI, prompts: list[str], target: float, max_trials: int, generation: dict[str, Any], cache_path: str | None, seed: int, dictionary_id: str | None = None) -> None:
         self.api = api
         self.prompts = prompts
         self.target = target
@@ -71,22 +73,26 @@ class Calibrator:
         self.generation = generation
         self.cache = ThresholdCache(cache_path)
         self.seed = seed
+        self.dictionary_id = dictionary_id or api.dictionary_id()
         self._running: dict[int, asyncio.Future] = {}
-        self._bounds: Bounds | None = None
+        self._residual_norm: float | None = None
 
-    def bounds(self) -> Bounds:
-        if self._bounds is None:
+    def bounds(self, latent: int) -> Bounds:
+        """Prior and bounds in the latent's own units: the residual's median norm at the layer
+        over the prompts, divided by the norm of the latent's decoder direction."""
+        engine = self.api.engine
+        if self._residual_norm is None:
             import torch
 
-            engine = self.api.engine
             resid = engine.prompt_residuals([[{"role": "user", "content": p}] for p in self.prompts[:8]])
-            self._bounds = Bounds.from_scale(float(torch.cat(resid).norm(dim=-1).median()))
-        return self._bounds
+            self._residual_norm = float(torch.cat(resid).norm(dim=-1).median())
+        dictionary = engine.resolve_dictionary(self.dictionary_id)
+        return Bounds.from_scale(self._residual_norm / float(dictionary.W_dec[latent].detach().norm().clamp_min(1e-8)))
 
     def key(self, latent: int, grader: Model) -> dict[str, Any]:
         return dict(
             model=self.api.model_name,
-            dictionary=self.api.dictionary_id(),
+            dictionary=self.dictionary_id,
             latent=latent,
             grader=str(grader),
             target=self.target,
@@ -108,13 +114,13 @@ class Calibrator:
 
         async def first_score(boost: float, trial: int) -> float:
             prompt = self.prompts[sample_seed(self.seed, latent, trial) % len(self.prompts)]
-            steering = steering_to_extra_body([Intervention(latent, boost)], self.api.dictionary_id())
+            steering = steering_to_extra_body([Intervention(latent, boost)], self.dictionary_id)
             config = GenerateConfig(extra_body=steering, seed=sample_seed(self.seed, "calibration", latent, trial), **self.generation)
             answer = (await model.generate([ChatMessageUser(content=prompt)], config=config)).completion
             judged = await judge_answer(grader, prompt, answer, label)
             return 0.0 if judged.error or not judged.attempts else judged.attempts[0].score / 100.0
 
-        result = await bisect_boost(first_score, self.bounds(), self.target, self.max_trials)
+        result = await bisect_boost(first_score, self.bounds(latent), self.target, self.max_trials)
         self.cache.put(result, **key)
         return result
 
@@ -134,54 +140,74 @@ class Setup:
     labels: dict[int, str]
     calibrator: Calibrator
     generation: dict[str, Any]
+    prompts_per_latent: int
+    seed: int
     notes: list[str] = field(default_factory=list)
 
 
-def prepare(
-    prompts: str | None,
-    n_latents: int,
-    latents: Any,
-    seed: int,
-    relevance: str,
-    concreteness: str | None,
-    target: float,
-    calibration_trials: int,
-    threshold_cache: str | None,
-    max_tokens: int,
-    temperature: float,
-) -> Setup:
-    """Resolve the model, prompts and latents; raise one-line errors before any generation."""
-    if not 0.0 < float(target) < 1.0:
-        raise ValueError(f"target {target} must lie in (0, 1): it is the first-attempt score (0-1) to calibrate to")
-    if relevance not in ("topk", "strict"):
-        raise ValueError(f"relevance {relevance!r} is unknown: use topk or strict")
-    prompt_rows = load_prompts(prompts or PROMPTS_FILE)
+COMMON_DEFAULTS: dict[str, Any] = dict(
+    prompts=None,  # txt / jsonl / csv file; default: the packaged "explain how" set
+    n_latents=8,
+    prompts_per_latent=5,
+    latents=None,  # pin latents instead of sampling
+    seed=0,
+    relevance="topk",  # or "strict"
+    concreteness=None,  # a model that rates label concreteness (filter >= 65)
+    target=0.3,  # first-attempt score (0-1) the calibration aims at
+    calibration_trials=10,
+    threshold_cache=None,  # default: <cache dir>/thresholds.jsonl
+    max_tokens=384,
+    temperature=0.6,
+)
+
+
+def prepare(steer_dictionary: Callable[[SteeredLM], FeatureDictionary] | None = None, **args: Any) -> Setup:
+    """Resolve the model, prompts and latents from the task args every ESR task shares; raise
+    one-line errors before any generation. `steer_dictionary` builds a second dictionary (e.g. a
+    direction set) whose latents are steered instead of sampled SAE latents."""
+    unknown = sorted(set(args) - set(COMMON_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown task args {unknown}: the shared ones are {sorted(COMMON_DEFAULTS)}")
+    a = {**COMMON_DEFAULTS, **{k: v for k, v in args.items() if v is not None}}
+    if not 0.0 < float(a["target"]) < 1.0:
+        raise ValueError(f"target {a['target']} must lie in (0, 1): it is the first-attempt score (0-1) to calibrate to")
+    if a["relevance"] not in ("topk", "strict"):
+        raise ValueError(f"relevance {a['relevance']!r} is unknown: use topk or strict")
+    prompt_rows = load_prompts(a["prompts"] or PROMPTS_FILE)
+    if not 1 <= int(a["prompts_per_latent"]) <= len(prompt_rows):
+        raise ValueError(f"prompts_per_latent must be 1..{len(prompt_rows)} (the prompt set's size)")
     default_model, api = steered_model()
     engine = api.engine
     if engine.dictionary is None:
         raise ValueError("the steered model has no dictionary: pass -M dictionary=... (or use a preset)")
+    seed = int(a["seed"])
     notes: list[str] = []
-    pinned = as_list(latents)
+    pinned = as_list(a["latents"])
+    steered = steer_dictionary(engine) if steer_dictionary else engine.dictionary
+    dictionary_id = engine.add_dictionary(steered) if steer_dictionary else engine.dictionary_id
     if pinned:
         for k in pinned:
-            engine.dictionary.check_latent(k)
+            steered.check_latent(k)
         chosen = pinned
+    elif steer_dictionary:
+        chosen = list(range(steered.d_sae))
     else:
         ratings = None
-        if concreteness:
-            labelled = {k: v for k, v in engine.dictionary.labels.items()}
-            ratings = run_async(rate_concreteness(concreteness, labelled))
+        if a["concreteness"]:
+            ratings = run_async(rate_concreteness(a["concreteness"], dict(engine.dictionary.labels)))
         else:
             notes.append("concreteness filter skipped: no -T concreteness=MODEL given")
         messages = [[{"role": "user", "content": p["prompt"]}] for p in prompt_rows]
-        sampled = sample_latents(engine, int(n_latents), messages, int(seed), relevance, ratings)
+        sampled = sample_latents(engine, int(a["n_latents"]), messages, seed, a["relevance"], ratings)
         chosen = sampled.latents
         notes += sampled.notes
         notes.append(f"latent filters dropped {sampled.dropped}")
-    generation = {"max_tokens": int(max_tokens), "temperature": float(temperature)}
-    calibrator = Calibrator(api, [p["prompt"] for p in prompt_rows], float(target), int(calibration_trials), generation, threshold_cache, int(seed))
-    labels = {k: engine.dictionary.label(k) or f"latent {k}" for k in chosen}
-    return Setup(default_model, api, prompt_rows, chosen, labels, calibrator, generation, notes)
+    generation = {"max_tokens": int(a["max_tokens"]), "temperature": float(a["temperature"])}
+    calibrator = Calibrator(
+        api, [p["prompt"] for p in prompt_rows], float(a["target"]), int(a["calibration_trials"]), generation, a["threshold_cache"], seed, dictionary_id
+    )
+    labels = {k: steered.label(k) or f"latent {k}" for k in chosen}
+    return Setup(default_model, api, prompt_rows, chosen, labels, calibrator, generation, int(a["prompts_per_latent"]), seed, notes)
 
 
 def run_async(coro):
@@ -198,21 +224,18 @@ def run_async(coro):
 
 def build_samples(
     setup: Setup,
-    prompts_per_latent: int,
-    seed: int,
     boost_rule: str = "threshold",
     extra: dict[str, Any] | None = None,
     id_suffix: str = "",
     prompt_template: str | None = None,
 ) -> list[Sample]:
     """latents x prompts_per_latent samples; the same (latent, prompt, seed) triples for any
-    variant built with the same seed, so variants compare trial by trial."""
-    if prompts_per_latent < 1 or prompts_per_latent > len(setup.prompts):
-        raise ValueError(f"prompts_per_latent must be 1..{len(setup.prompts)} (the prompt set's size)")
+    variant built with the same seed, so variants compare trial by trial. `prompt_template`
+    may use {prompt} and {label}; the judge always sees the plain prompt (metadata "prompt")."""
     samples = []
     for latent in setup.latents:
-        rng = random.Random(sample_seed(seed, "prompts", latent))
-        for row in rng.sample(setup.prompts, prompts_per_latent):
+        rng = random.Random(sample_seed(setup.seed, "prompts", latent))
+        for row in rng.sample(setup.prompts, setup.prompts_per_latent):
             label = setup.labels[latent]
             text = row["prompt"] if prompt_template is None else prompt_template.format(prompt=row["prompt"], label=label)
             samples.append(
@@ -224,7 +247,7 @@ def build_samples(
                         "label": label,
                         "prompt": row["prompt"],
                         "prompt_id": row["id"],
-                        "seed": sample_seed(seed, latent, row["id"]),
+                        "seed": sample_seed(setup.seed, latent, row["id"]),
                         "mode": "add",
                         "boost_rule": boost_rule,
                         **(extra or {}),
@@ -260,7 +283,7 @@ def steered_generate(calibrator: Calibrator, labels: dict[int, str], generation:
             md["boost"] = 0.0
         interventions = [Intervention(latent, float(md["boost"]), md.get("mode", "add"))] if md["boost"] else []
         interventions += [Intervention(k, 0.0, "clamp") for k in md.get("ablated", [])]
-        steering = steering_to_extra_body(interventions, calibrator.api.dictionary_id())
+        steering = steering_to_extra_body(interventions, calibrator.dictionary_id)
         return await generate(state, extra_body=steering, seed=md["seed"], **generation)
 
     return solve

@@ -1,0 +1,132 @@
+"""The offline grader esr_judge/minilm: attempt splitting, scores, and its use as the default
+grader and as a re-scoring grader through the `inspect score` CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from inspect_ai import Task, eval
+from inspect_ai.dataset import Sample
+from inspect_ai.log import read_eval_log
+from inspect_ai.model import ChatMessage, ModelOutput, ModelUsage, get_model
+from inspect_ai.solver import generate
+
+from esr_eval.offline_judge import grade, split_attempts
+from esr_eval.scorers import OFFLINE_GRADER, attempts_judge, judge_answer
+
+PROMPT = "Explain how to brew coffee with a French press."
+LABEL = "volcanoes, magma and lava"
+ON_TOPIC = (
+    "Heat water to about 95 C. Put coarse ground coffee in the French press, pour the water over it "
+    "and stir. Let it steep for four minutes, then press the plunger down slowly and pour the coffee."
+)
+OFF_TOPIC = (
+    "Volcanoes erupt when magma rises through cracks in the crust. Lava flows down the slopes "
+    "and cools into basalt rock."
+)
+RESTARTED = OFF_TOPIC + " Wait, that's not right, let me try again. " + ON_TOPIC
+
+
+def test_on_topic_answer_scores_high() -> None:
+    [attempt] = grade(PROMPT, ON_TOPIC, LABEL)
+    assert 80 <= attempt["score"] <= 95
+    assert attempt["serves_concept"] is False
+
+
+def test_answer_about_the_concept_scores_low() -> None:
+    [attempt] = grade(PROMPT, OFF_TOPIC, LABEL)
+    assert attempt["score"] < 30
+    assert attempt["serves_concept"] is True
+
+
+def test_restart_phrase_splits_into_two_attempts() -> None:
+    first, second = grade(PROMPT, RESTARTED, LABEL)
+    assert first["text"] == OFF_TOPIC
+    assert second["text"].startswith("Wait, that's not right, let me try again.")
+    assert first["score"] < 30 <= 80 <= second["score"]
+    assert (first["serves_concept"], second["serves_concept"]) == (True, False)
+
+
+def test_repetitive_text_scores_low() -> None:
+    [attempt] = grade(PROMPT, "French press coffee coffee coffee coffee coffee coffee coffee coffee.", LABEL)
+    assert attempt["score"] < 30
+
+
+@pytest.mark.parametrize(
+    ("answer", "n_attempts"),
+    [
+        ("", 0),
+        ("Do you want it strong or mild? Hot or iced?", 0),
+        ("Boil water. Wait for it to cool a little. Pour it over the grounds.", 1),  # "Wait for" is no restart
+        ("That's right: boil water first. Then pour it over the grounds.", 1),
+        ("Lava is hot. Sorry, I got off track. Back to your question. Boil water and pour it.", 2),
+        ("Lava is hot. Wait. That's not right. Let me start over. Boil water. Actually, let me redo it. Pour.", 3),
+        ("Boil water and pour it. Wait, let me try again.", 1),  # a restart with nothing after it
+    ],
+)
+def test_split_attempts(answer: str, n_attempts: int) -> None:
+    assert len(split_attempts(answer)) == n_attempts
+
+
+def test_offline_grader_speaks_the_protocol_through_inspect() -> None:
+    grader = get_model(OFFLINE_GRADER)
+    result = asyncio.run(judge_answer(grader, PROMPT, RESTARTED, LABEL))
+    assert (result.error, result.n_calls, len(result.attempts)) == (False, 1, 2)
+    assert result.raw.startswith("<attempts>") and result.raw.endswith("</attempts>")
+    assert result.attempts[1].score > result.attempts[0].score
+
+
+def _answer(input: list[ChatMessage], *_: Any) -> ModelOutput:
+    output = ModelOutput.from_content(model="mockllm/model", content=RESTARTED)
+    output.usage = ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2)
+    return output
+
+
+def test_default_grader_is_offline_not_the_evaluated_model(tmp_path: Path) -> None:
+    task = Task(
+        dataset=[Sample(input=PROMPT, metadata={"label": LABEL, "latent": 3, "boost": 1.0})],
+        solver=generate(),
+        scorer=attempts_judge(),
+    )
+    [log] = eval(task, model=get_model("mockllm/model", custom_outputs=_answer), log_dir=str(tmp_path), display="none")
+    assert log.status == "success", log.error
+    score = log.samples[0].scores["attempts_judge"]
+    assert score.metadata["grader"] == OFFLINE_GRADER
+    assert score.value["esr"] == 1.0 and score.value["n_attempts"] == 2.0
+
+
+def test_inspect_score_cli_rescores_with_another_grader(tmp_path: Path) -> None:
+    def canned_grader(input: list[ChatMessage], *_: Any) -> ModelOutput:
+        reply = '<attempts>[{"text": "x", "score": 50}]</attempts>'
+        output = ModelOutput.from_content(model="mockllm/model", content=reply)
+        output.usage = ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2)
+        return output
+
+    task = Task(dataset=[Sample(input=PROMPT, metadata={"label": LABEL})], solver=generate(), scorer=attempts_judge())
+    [log] = eval(
+        task,
+        model=get_model("mockllm/model", custom_outputs=_answer),
+        model_roles={"grader": get_model("mockllm/model", custom_outputs=canned_grader)},
+        log_dir=str(tmp_path),
+        display="none",
+    )
+    assert log.samples[0].scores["attempts_judge"].metadata["grader"] == "mockllm/model"
+    inspect_cli = Path(sys.executable).parent / "inspect"
+    env = {**os.environ, "INSPECT_DISPLAY": "none", "HF_HUB_OFFLINE": "1"}
+    command = [str(inspect_cli), "score", log.location, "--scorer", "esr_eval/attempts_judge",
+               "--model-role", f"grader={OFFLINE_GRADER}", "--action", "append", "--overwrite"]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rescored = read_eval_log(log.location)
+    scores = rescored.samples[0].scores
+    new = [name for name in scores if name != "attempts_judge"]
+    assert len(new) == 1
+    assert scores[new[0]].metadata["grader"] == OFFLINE_GRADER
+    assert scores[new[0]].value["n_attempts"] == 2.0
+    assert scores["attempts_judge"].value["first_score"] == 50.0
