@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -11,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from inspect_ai.dataset import MemoryDataset, Sample
-from inspect_ai.model import ChatMessageUser, GenerateConfig, Model, get_model
+from inspect_ai.model import Model, get_model
 from inspect_ai.solver import Generate, Solver, TaskState, solver
 
-from esr_eval.calibration import Bounds, CalibrationResult, ThresholdCache, bisect_boost, prompt_set_hash
+from esr_eval.calibration import Calibrator, sample_seed
 from esr_eval.latents import load_prompts, rate_concreteness, sample_latents
 from esr_eval.provider import DEFAULT_MODEL, SteeredModelAPI, steered_api
-from esr_eval.scorers import OFFLINE_GRADER, judge_answer
 from esr_eval.steering.dictionary import FeatureDictionary
 from esr_eval.steering.engine import SteeredLM
 from esr_eval.steering.intervention import Intervention, steering_to_extra_body
@@ -50,83 +48,6 @@ def steered_model() -> tuple[Model | None, SteeredModelAPI]:
             "use --model steered/<preset | hub id | path> (e.g. steered/smollm2-135m)"
         )
     return None, api
-
-
-def resolve_grader() -> Model:
-    """The `grader` role, else the offline grader: never the evaluated model."""
-    return get_model(role="grader", default=OFFLINE_GRADER)
-
-
-def sample_seed(seed: int, *parts: Any) -> int:
-    return int(hashlib.sha1(":".join(map(str, (seed, *parts))).encode()).hexdigest()[:8], 16)
-
-
-class Calibrator:
-    """Thresholds per latent: cached, else found by bisection. Samples of one latent await one
-    calibration; calibrations of different latents run concurrently, so their generations batch."""
-
-    def __init__(self, api: SteeredModelAPI, prompts: list[str], target: float, max_trials: int, generation: dict[str, Any], cache_path: str | None, seed: int, dictionary_id: str | None = None) -> None:
-        self.api = api
-        self.prompts = prompts
-        self.target = target
-        self.max_trials = max_trials
-        self.generation = generation
-        self.cache = ThresholdCache(cache_path)
-        self.seed = seed
-        self.dictionary_id = dictionary_id or api.dictionary_id()
-        self._running: dict[int, asyncio.Future] = {}
-        self._residual_norm: float | None = None
-
-    def bounds(self, latent: int) -> Bounds:
-        """Prior and bounds in the latent's own units: the residual's median norm at the layer
-        over the prompts, divided by the norm of the latent's decoder direction."""
-        engine = self.api.engine
-        if self._residual_norm is None:
-            import torch
-
-            resid = engine.prompt_residuals([[{"role": "user", "content": p}] for p in self.prompts[:8]])
-            self._residual_norm = float(torch.cat(resid).norm(dim=-1).median())
-        dictionary = engine.resolve_dictionary(self.dictionary_id)
-        return Bounds.from_scale(self._residual_norm / float(dictionary.W_dec[latent].detach().norm().clamp_min(1e-8)))
-
-    def key(self, latent: int, grader: Model) -> dict[str, Any]:
-        return dict(
-            model=self.api.model_name,
-            dictionary=self.dictionary_id,
-            latent=latent,
-            grader=str(grader),
-            target=self.target,
-            prompts=prompt_set_hash(self.prompts),
-        )
-
-    async def threshold(self, latent: int, label: str) -> CalibrationResult:
-        if latent not in self._running:
-            self._running[latent] = asyncio.ensure_future(self._calibrate(latent, label))
-        return await asyncio.shield(self._running[latent])
-
-    async def _calibrate(self, latent: int, label: str) -> CalibrationResult:
-        grader = resolve_grader()
-        key = self.key(latent, grader)
-        cached = self.cache.get(**key)
-        if cached is not None:
-            return cached
-        model = get_model()
-
-        async def first_score(boost: float, trial: int) -> float:
-            prompt = self.prompts[sample_seed(self.seed, latent, trial) % len(self.prompts)]
-            steering = steering_to_extra_body([Intervention(latent, boost)], self.dictionary_id)
-            config = GenerateConfig(extra_body=steering, seed=sample_seed(self.seed, "calibration", latent, trial), **self.generation)
-            answer = (await model.generate([ChatMessageUser(content=prompt)], config=config)).completion
-            judged = await judge_answer(grader, prompt, answer, label)
-            return 0.0 if judged.error or not judged.attempts else judged.attempts[0].score / 100.0
-
-        result = await bisect_boost(first_score, self.bounds(latent), self.target, self.max_trials)
-        self.cache.put(result, **key)
-        return result
-
-    async def all_thresholds(self, labels: dict[int, str]) -> dict[int, float]:
-        results = await asyncio.gather(*(self.threshold(k, v) for k, v in labels.items()))
-        return {k: r.threshold for k, r in zip(labels, results)}
 
 
 @dataclass

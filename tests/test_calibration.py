@@ -95,3 +95,19 @@ def test_torn_line_is_skipped(tmp_path):
     with path.open("a") as fh:
         fh.write('{"model": "steered/m", "thresh')  # a writer elsewhere died mid-line
     assert ThresholdCache(path).get(**_key()).threshold == 1.0
+
+
+def test_calibrate_command_fills_then_reuses_cache(tiny_model_dir, tiny_sae_dir, tmp_path, capsys):
+    from esr_eval.cli import main
+
+    cache = tmp_path / "thresholds.jsonl"
+    argv = ["calibrate", "--model", str(tiny_model_dir), "--dictionary", str(tiny_sae_dir), "--latents", "1,2",
+            "--trials", "2", "--max-tokens", "4", "--cache", str(cache)]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in cache.read_text().splitlines()]
+    assert sorted(r["latent"] for r in rows) == [1, 2]
+    assert all(r["grader"] == "esr_judge/minilm" and 1 <= r["trials"] <= 2 for r in rows)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("yes") == 2  # both thresholds came from the cache
+    assert main(argv[:-2] + ["--target", "1.5"]) == 2  # a one-line error, exit code 2
