@@ -1,0 +1,70 @@
+"""The `steered` provider inside real Inspect evals: batching, per-request steering, one load."""
+
+from __future__ import annotations
+
+import json
+
+from inspect_ai import Task
+from inspect_ai import eval as inspect_eval
+from inspect_ai.dataset import Sample
+from inspect_ai.solver import Generate, TaskState, solver
+
+from esr_eval.provider import load_engine
+from esr_eval.steering.engine import GenerationRequest, SteeredLM
+from esr_eval.steering.intervention import Intervention, steering_to_extra_body
+
+PROMPTS = ["Explain how to brew coffee.", "How do you tie a tie?", "Bread?", "Tell me about chess."]
+
+
+@solver
+def steer_from_metadata(dictionary_id: str):
+    async def solve(state: TaskState, generate: Generate) -> TaskState:
+        md = state.metadata
+        ivs = [Intervention(md["latent"], md["value"], md["mode"])] if md["latent"] is not None else []
+        return await generate(state, extra_body=steering_to_extra_body(ivs, dictionary_id), max_tokens=10, temperature=0.0, seed=md["seed"])
+
+    return solve
+
+
+def test_concurrent_samples_batch_and_keep_their_own_steering(tiny_model_dir, tiny_sae_dir, tmp_path, monkeypatch):
+    labels = tmp_path / "labels.json"  # a fresh engine key: this test counts the loads
+    labels.write_text(json.dumps({str(k): f"latent {k}" for k in range(64)}))
+    loads, batches = [], []
+    real_load, real_generate = SteeredLM.load, SteeredLM.generate
+    monkeypatch.setattr(SteeredLM, "load", classmethod(lambda cls, *a, **k: loads.append(a) or real_load.__func__(cls, *a, **k)))
+    monkeypatch.setattr(SteeredLM, "generate", lambda self, reqs: batches.append(len(reqs)) or real_generate(self, reqs))
+
+    specs = [(None, 0.0, "add"), (3, 30.0, "add"), (9, 0.0, "clamp"), (5, -20.0, "add")] * 2
+    samples = [
+        Sample(input=PROMPTS[i % 4], id=i, metadata={"latent": k, "value": v, "mode": m, "seed": i})
+        for i, (k, v, m) in enumerate(specs)
+    ]
+    lm = load_engine(str(tiny_model_dir), str(tiny_sae_dir), labels=str(labels))
+    log = inspect_eval(
+        Task(dataset=samples, solver=steer_from_metadata(lm.dictionary_id)),
+        model=f"steered/{tiny_model_dir}",
+        model_args={"dictionary": str(tiny_sae_dir), "labels": str(labels)},
+        max_connections=8,
+        log_dir=str(tmp_path / "logs"),
+        display="none",
+    )[0]
+    assert log.status == "success", log.error
+    assert len(loads) == 1  # the provider reuses the engine loaded above
+    assert max(batches) > 1  # concurrent samples shared a forward pass
+    for sample in sorted(log.samples, key=lambda s: s.id):
+        k, v, m = specs[sample.id]
+        alone = real_generate(lm, [GenerationRequest([{"role": "user", "content": sample.input}], [Intervention(k, v, m)] if k is not None else [], 10, 0.0, seed=sample.id)])[0]
+        assert sample.output.completion == alone.text
+        assert sample.output.usage.output_tokens == alone.completion_tokens
+
+
+def test_unknown_dictionary_in_request_fails_the_sample(tiny_model_dir, tiny_sae_dir, tmp_path):
+    log = inspect_eval(
+        Task(dataset=[Sample(input="Bread?", metadata={"latent": 1, "value": 1.0, "mode": "add", "seed": 0})], solver=steer_from_metadata("other-sae@2")),
+        model=f"steered/{tiny_model_dir}",
+        model_args={"dictionary": str(tiny_sae_dir)},
+        log_dir=str(tmp_path),
+        display="none",
+    )[0]
+    assert log.status == "error"
+    assert "other-sae@2" in str(log.error)
