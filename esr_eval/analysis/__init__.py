@@ -1,0 +1,1 @@
+"""Reading ESR logs: comparison report, judge agreement, sequential activations, plots."""

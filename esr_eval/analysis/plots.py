@@ -1,0 +1,219 @@
+"""PNG plots for the comparison report (matplotlib, Agg; one figure per question, only when the
+logs hold the task it needs)."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")
+from matplotlib.figure import Figure  # noqa: E402
+
+from esr_eval.analysis.logs import Summary, group_samples, wilson  # noqa: E402
+
+if TYPE_CHECKING:
+    from esr_eval.analysis.report import Run
+
+RATES = (("multi_attempt", "multi-attempt"), ("esr", "ESR"))
+
+
+def save_png(fig: Figure, path: Path) -> Path:
+    """Write atomically: a temporary sibling, then one rename."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(buf.getvalue())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+def rate_err(k: int, n: int) -> tuple[float, float, float]:
+    """Rate and its error-bar lengths below and above (Wilson 95%)."""
+    if n == 0:
+        return (math.nan, 0.0, 0.0)
+    p = k / n
+    lo, hi = wilson(k, n)
+    return (p, max(0.0, p - lo), max(0.0, hi - p))
+
+
+def _bars(ax, labels: Sequence[str], summaries: Sequence[Summary], title: str) -> None:
+    width = 0.38
+    xs = range(len(labels))
+    for i, (attr, name) in enumerate(RATES):
+        pts = [rate_err(getattr(s, attr), s.n) for s in summaries]
+        ax.bar(
+            [x + (i - 0.5) * width for x in xs],
+            [100 * p[0] for p in pts],
+            width,
+            label=name,
+            yerr=[[100 * p[1] for p in pts], [100 * p[2] for p in pts]],
+            capsize=3,
+        )
+    ax.set_xticks(list(xs), labels, rotation=20, ha="right")
+    ax.set_ylabel("% of trials")
+    ax.set_title(title)
+
+
+def plot_rates(task: str, runs: list[Run], out: Path) -> Path:
+    from esr_eval.analysis.report import PAPER, task_params
+
+    fig = Figure(figsize=(1.6 + 1.2 * len(runs), 3.6))
+    ax = fig.subplots()
+    labels = [r.model + (f"\n{task_params(r.log)}" if len({x.model for x in runs}) < len(runs) else "") for r in runs]
+    _bars(ax, labels, [r.summary for r in runs], f"{task}: rates with Wilson 95% intervals")
+    for (key, name), style in zip((("multi_attempt_rate", "multi-attempt"), ("esr_rate", "ESR")), ("--", ":")):
+        if isinstance(PAPER.get(task, {}).get(key), float):
+            ax.axhline(100 * PAPER[task][key], color="grey", linestyle=style, label=f"paper 70B {name}")
+    ax.legend(fontsize=7)
+    return save_png(fig, out / f"rates_{task}.png")
+
+
+def plot_size(runs: list[Run], out: Path) -> Path | None:
+    from esr_eval.analysis.report import PAPER, PAPER_PARAMS, model_params
+
+    points = [(model_params(r.log), r) for r in runs if model_params(r.log)]
+    if not points:
+        return None
+    fig = Figure(figsize=(5, 3.6))
+    ax = fig.subplots()
+    for (attr, name), marker in zip(RATES, ("o", "s")):
+        pts = [(size, rate_err(getattr(r.summary, attr), r.summary.n), r.model) for size, r in points]
+        ax.errorbar(
+            [p[0] for p in pts],
+            [100 * p[1][0] for p in pts],
+            yerr=[[100 * p[1][1] for p in pts], [100 * p[1][2] for p in pts]],
+            fmt=marker,
+            capsize=3,
+            label=name,
+        )
+    ref = PAPER["steering_resistance"]
+    ax.plot(
+        [PAPER_PARAMS] * 2,
+        [100 * ref["multi_attempt_rate"], 100 * ref["esr_rate"]],
+        "x",
+        color="grey",
+        label="paper Llama-3.3-70B",
+    )
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("% of trials")
+    ax.set_title("steering_resistance: rates against model size")
+    ax.legend(fontsize=7)
+    return save_png(fig, out / "esr_vs_size.png")
+
+
+def _sorted_keys(keys) -> list:
+    try:
+        return sorted(keys, key=float)
+    except (TypeError, ValueError):
+        return sorted(keys, key=str)
+
+
+def plot_sweep(runs: list[Run], out: Path) -> Path | None:
+    fig = Figure(figsize=(5.5, 3.6))
+    ax = fig.subplots()
+    drawn = False
+    for r in runs:
+        groups = group_samples(r.log, "level")
+        levels = _sorted_keys(groups)
+        if not levels:
+            continue
+        xs = [float(x) if isinstance(x, (int, float)) else i for i, x in enumerate(levels)]
+        for (attr, name), style in zip(RATES, ("-o", "--s")):
+            pts = [rate_err(getattr(groups[lv], attr), groups[lv].n) for lv in levels]
+            ax.errorbar(
+                xs,
+                [100 * p[0] for p in pts],
+                yerr=[[100 * p[1] for p in pts], [100 * p[2] for p in pts]],
+                fmt=style,
+                capsize=3,
+                label=f"{r.model} {name}",
+            )
+        drawn = True
+    if not drawn:
+        return None
+    ax.axhline(2.7, color="grey", linestyle=":", label="paper peak multi-attempt")
+    ax.set_xlabel("boost level")
+    ax.set_ylabel("% of trials")
+    ax.set_title("boost_sweep")
+    ax.legend(fontsize=7)
+    return save_png(fig, out / "boost_sweep.png")
+
+
+def plot_ablation(runs: list[Run], out: Path) -> Path | None:
+    from esr_eval.analysis.report import PAPER
+
+    order = ["steering_resistance", "detector_ablation", "random_ablation"]
+    labels, summaries, refs = [], [], []
+    for model in sorted({r.model for r in runs if r.task in order[1:]}):
+        for task in order:
+            for r in (r for r in runs if r.model == model and r.task == task):
+                labels.append(f"{model}\n{task}")
+                summaries.append(r.summary)
+                refs.append(PAPER[task])
+    if not labels:
+        return None
+    fig = Figure(figsize=(1.8 + 1.3 * len(labels), 3.8))
+    ax = fig.subplots()
+    _bars(ax, labels, summaries, "off-topic-detector ablation against random controls")
+    ax.plot(
+        range(len(refs)),
+        [100 * r["multi_attempt_rate"] for r in refs],
+        "x",
+        color="grey",
+        label="paper 70B multi-attempt",
+    )
+    ax.legend(fontsize=7)
+    return save_png(fig, out / "ablation.png")
+
+
+def plot_variants(runs: list[Run], out: Path) -> Path | None:
+    from esr_eval.analysis.report import PAPER
+
+    labels, summaries = [], []
+    for r in (r for r in runs if r.task == "meta_prompt"):
+        base = [b for b in runs if b.task == "steering_resistance" and b.model == r.model]
+        for b in base[:1]:
+            labels.append(f"{r.model}\n(no suffix)")
+            summaries.append(b.summary)
+        groups = group_samples(r.log, "variant")
+        for variant in _sorted_keys(groups):
+            labels.append(f"{r.model}\n{variant}")
+            summaries.append(groups[variant])
+    if not labels:
+        return None
+    fig = Figure(figsize=(1.8 + 1.2 * len(labels), 3.8))
+    ax = fig.subplots()
+    _bars(ax, labels, summaries, "meta-prompt variants")
+    for key, style, what in (("steering_resistance", "--", "no suffix"), ("meta_prompt", ":", "meta-prompt")):
+        ax.axhline(
+            100 * PAPER[key]["multi_attempt_rate"],
+            color="grey",
+            linestyle=style,
+            label=f"paper 70B multi-attempt, {what}",
+        )
+    ax.legend(fontsize=7)
+    return save_png(fig, out / "meta_prompt.png")
+
+
+def write_plots(runs: list[Run], out: Path) -> list[Path]:
+    plots: list[Path] = []
+    for task in sorted({r.task for r in runs}):
+        plots.append(plot_rates(task, [r for r in runs if r.task == task], out))
+    main = [r for r in runs if r.task == "steering_resistance"]
+    if main:
+        plots.append(plot_size(main, out))
+    sweep = [r for r in runs if r.task == "boost_sweep"]
+    if sweep:
+        plots.append(plot_sweep(sweep, out))
+    plots += [plot_ablation(runs, out), plot_variants(runs, out)]
+    return [p for p in plots if p is not None]

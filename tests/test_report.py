@@ -1,0 +1,199 @@
+"""The comparison report: exact table cells from canned logs, plots present only where they apply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from esr_log_builders import esr_value, run_canned
+
+from esr_eval.analysis.logs import wilson
+from esr_eval.analysis.report import load_runs, model_params, tables
+from esr_eval.cli import main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _rows(values: list[dict], **meta_lists) -> list[dict]:
+    return [
+        {"scores": {"judge": {"value": v}}, "metadata": {k: vals[i] for k, vals in meta_lists.items()}}
+        for i, v in enumerate(values)
+    ]
+
+
+# 4 judged trials (2 multi-attempt, 1 ESR) + one judge error (out of n, counted apart)
+SMALL = [esr_value(30, 80), esr_value(40), esr_value(50, 20), esr_value(60), esr_value(0, judge_error=1)]
+# 3 trials, the ESR one degraded
+LARGER = [esr_value(20, 90, degraded=1), esr_value(70), esr_value(80)]
+
+
+@pytest.fixture(scope="module")
+def log_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("logs")
+    run_canned(d, _rows(SMALL), model="mockllm/smollm2-135m", task_args={"n_latents": 4})
+    run_canned(d, _rows(LARGER), model="mockllm/gemma-3-270m")
+    run_canned(d, _rows(SMALL[:4], level=[-1.0, 1.0, -1.0, 1.0]), task="boost_sweep", model="mockllm/smollm2-135m")
+    run_canned(d, _rows(SMALL[:4]), task="detector_ablation", model="mockllm/smollm2-135m")
+    run_canned(d, _rows(LARGER), task="random_ablation", model="mockllm/smollm2-135m")
+    run_canned(d, _rows(SMALL[:4], variant=["a", "b", "a", "b"]), task="meta_prompt", model="mockllm/smollm2-135m")
+    run_canned(d, _rows(SMALL[:2]), task="meta_prompt", model="mockllm/smollm2-135m", fail=True)  # an older failed try
+    return d
+
+
+def test_wilson_matches_formula():
+    lo, hi = wilson(2, 4)
+    assert (round(lo, 4), round(hi, 4)) == (0.1500, 0.8500)
+    assert wilson(0, 10)[0] == 0.0 and wilson(0, 10)[1] == pytest.approx(0.2775, abs=1e-4)
+
+
+def test_tables_exact(log_dir):
+    t = tables(load_runs([str(log_dir)]))
+    assert sorted(t) == ["boost_sweep", "detector_ablation", "meta_prompt", "random_ablation", "steering_resistance"]
+    main_rows = t["steering_resistance"]
+    assert main_rows[0] == [
+        "mockllm/smollm2-135m",
+        "135M",
+        "n_latents=4",
+        "4",
+        "50.0% [15.0, 85.0]",
+        "25.0% [4.6, 69.9]",
+        "25.0%",
+        "45.0 [24.5, 65.5]",
+        "1",
+        "success",
+    ]
+    assert main_rows[1][:7] == [
+        "mockllm/gemma-3-270m",
+        "270M",
+        "-",
+        "3",
+        "33.3% [6.1, 79.2]",
+        "33.3% [6.1, 79.2]",
+        "0.0%",
+    ]
+    assert main_rows[1][7].startswith("56.7 [")
+    assert main_rows[2][:6] == ["Llama-3.3-70B (paper)", "70B", "-", "~4,500-4,950", "7.4%", "3.8%"]
+    # the eval set's failed try of meta_prompt is superseded by the successful run
+    assert [r[-1] for r in t["meta_prompt"]] == ["success", "published"]
+    assert t["meta_prompt"][-1][4:6] == ["31.7%", "14.8%"]
+
+
+def test_model_params_sources(log_dir):
+    from inspect_ai.log import read_eval_log
+
+    log = read_eval_log(next(log_dir.glob("*.eval")), header_only=True)
+    log.eval.model = "openai/qwen2.5-1.5b-instruct"
+    assert model_params(log) == 1.5e9
+    log.eval.model_args = {"n_params": 123}
+    assert model_params(log) == 123.0
+    log.eval.model_args, log.eval.model = {}, "steered/llama-3.3-70b-instruct"
+    assert model_params(log) == 70e9
+
+
+def test_report_files_and_plots(log_dir, tmp_path):
+    out = tmp_path / "report"
+    assert main(["report", str(log_dir), "--out", str(out)]) == 0
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == [
+        "ablation.png",
+        "boost_sweep.png",
+        "esr_vs_size.png",
+        "meta_prompt.png",
+        "rates_boost_sweep.png",
+        "rates_detector_ablation.png",
+        "rates_meta_prompt.png",
+        "rates_random_ablation.png",
+        "rates_steering_resistance.png",
+    ]
+    for p in out.glob("*.png"):
+        data = p.read_bytes()
+        assert data.startswith(PNG) and len(data) > 5000
+    md = (out / "report.md").read_text()
+    assert "| mockllm/smollm2-135m | 135M | n_latents=4 | 4 | 50.0% [15.0, 85.0] |" in md
+    assert "![esr_vs_size](esr_vs_size.png)" in md
+    html = (out / "report.html").read_text()
+    assert "<img src='boost_sweep.png'" in html and "<td>Llama-3.3-70B (paper)</td>" in html
+
+
+def test_plots_only_for_present_tasks(tmp_path):
+    d = tmp_path / "logs"
+    run_canned(d, _rows(LARGER), model="mockllm/some-model")
+    out = tmp_path / "out"
+    assert main(["report", str(d), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["rates_steering_resistance.png"]  # no size known
+
+
+def test_report_bad_input(tmp_path):
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert main(["report", str(tmp_path)]) == 2
+
+
+# ---------------------------------------------------------------- compare: an eval set over two models
+
+TASK_FILE = """
+from inspect_ai import Task, task
+from inspect_ai.dataset import Sample
+from inspect_ai.scorer import Score, scorer
+from inspect_ai.solver import generate
+
+
+@scorer(metrics=[])
+def words_judge():
+    async def score(state, target):
+        multi = float(len(state.output.completion.split()) % 2 == 0)
+        value = {"n_attempts": 1 + multi, "first_score": 50.0, "last_score": 50.0 + multi, "multi_attempt": multi,
+                 "esr": multi, "improvement": multi, "degraded": 0.0, "judge_error": 0.0}
+        return Score(value=value, metadata={"grader": "words"})
+    return score
+
+
+@task
+def demo(n: int = 2):
+    samples = [Sample(input=f"Explain how to brew coffee, step {i}.") for i in range(int(n))]
+    return Task(dataset=samples, solver=generate(max_tokens=8, seed=1), scorer=words_judge())
+"""
+
+
+def test_compare_runs_an_eval_set(tmp_path, tiny_model_dir, tiny_sae_dir, capsys):
+    import shutil
+
+    from inspect_ai.log import list_eval_logs, read_eval_log
+
+    task_file = tmp_path / "demo_task.py"
+    task_file.write_text(TASK_FILE)
+    second = tmp_path / "tiny-b"
+    shutil.copytree(tiny_model_dir, second)
+    log_dir = tmp_path / "compare"
+    args = [
+        "compare",
+        "--models",
+        f"{tiny_model_dir},{second}",
+        "--task",
+        f"{task_file}@demo",
+        "-T",
+        "n=3",
+        "-M",
+        f"dictionary={tiny_sae_dir}",
+        "--log-dir",
+        str(log_dir),
+        "--display",
+        "none",
+    ]
+    assert main(args) == 0
+    logs = [read_eval_log(i.name) for i in list_eval_logs(str(log_dir))]
+    assert sorted(log.eval.model for log in logs) == sorted(f"steered/{p}" for p in (tiny_model_dir, second))
+    assert all(log.status == "success" and len(log.samples) == 3 and log.eval.task_args == {"n": 3} for log in logs)
+    out = capsys.readouterr().out
+    assert "demo" in out and "tiny-b" in out
+    assert main(args) == 0  # a rerun finds the finished logs and runs nothing new
+    assert len(list_eval_logs(str(log_dir))) == 2
+
+
+def test_compare_model_names():
+    from esr_eval.compare import model_names, parse_kv
+
+    assert model_names("smollm2-135m, gemma-3-270m") == ["steered/smollm2-135m", "steered/gemma-3-270m"]
+    assert model_names("mockllm/model,meta-llama/Llama-3.1-8B") == ["mockllm/model", "steered/meta-llama/Llama-3.1-8B"]
+    assert parse_kv(["n=3", "latents=[1,2]", "name=x"], "-T") == {"n": 3, "latents": [1, 2], "name": "x"}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_kv(["oops"], "-T")
