@@ -7,6 +7,7 @@ and `labels` (latent index -> text). Steering only needs `W_dec` (add) and `enco
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -170,6 +171,15 @@ def _labels_beside(folder: Path) -> dict[int, str]:
     return {}
 
 
+def folder_digest(folder: Path) -> str:
+    """A short content hash of a dictionary's weights: a retrained SAE in the same folder gets a
+    new identity, so thresholds and detectors cached for the old one are not reused."""
+    digest = hashlib.sha1()
+    for file in sorted(folder.glob("*.safetensors")):
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:8]
+
+
 def layer_from_hook_name(hook_name: str) -> int:
     """`blocks.12.hook_resid_post` / `model.layers.12` -> 12; `hook_resid_pre` of L -> L - 1."""
     m = re.search(r"(?:blocks|layers|h)\.(\d+)", hook_name)
@@ -208,7 +218,7 @@ def load_dictionary(
             from sae_lens import SAE
 
             sae = SAE.load_from_disk(str(path), device=device, fold_W_dec_norm=True)
-            found = SAEDictionary(sae, path.name, _sae_layer(sae, layer), _labels_beside(path))
+            found = SAEDictionary(sae, f"{path.name}-{folder_digest(path)}", _sae_layer(sae, layer), _labels_beside(path))
         else:
             raise ValueError(
                 f"{spec} holds neither an SAE (cfg.json) nor a direction set ({DIRECTIONS_FILE}): "
