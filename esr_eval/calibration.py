@@ -52,9 +52,9 @@ class Bounds:
 
     @classmethod
     def from_scale(cls, scale: float) -> "Bounds":
-        """Bounds from the residual's typical norm at the hook layer, in latent units: a push
-        about the size of the residual itself is where answers start to derail."""
-        return cls(0.0, 4.0 * scale, 1.0 * scale, 0.75 * scale)
+        """Bounds from the residual's typical norm at the hook layer, in latent units. On the
+        embedded model answers derail at pushes of about 0.3-0.4 of that norm."""
+        return cls(0.0, 2.0 * scale, 0.4 * scale, 0.25 * scale)
 
 
 def direction_confidence(score: float, target: float, weight: float = BELIEF_WEIGHT) -> float:

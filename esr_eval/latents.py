@@ -27,7 +27,9 @@ def firing_frequencies(dictionary: FeatureDictionary) -> dict[int, float] | None
     freq = stats.get("firing_frequency", stats)
     if isinstance(freq, list):
         return {k: float(v) for k, v in enumerate(freq)}
-    return {int(k): float(v["firing_frequency"] if isinstance(v, dict) else v) for k, v in freq.items()}
+    if not isinstance(freq, dict):
+        raise ValueError(f"{dictionary.folder / 'latent_stats.json'} is not {{latent: {{frequency, ...}}}} or a list")
+    return {int(k): float(v.get("frequency", v.get("firing_frequency", 0.0)) if isinstance(v, dict) else v) for k, v in freq.items()}
 
 
 def relevant_latents(lm: SteeredLM, prompts: Sequence[list[Message]], rule: str = "topk", top_k: int = RELEVANCE_TOP_K) -> set[int]:

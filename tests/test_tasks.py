@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+import torch
 from inspect_ai import eval as inspect_eval
 from inspect_ai.model import ModelOutput, ModelUsage, get_model
 
@@ -119,3 +120,16 @@ def test_relevance_filter_and_seeded_sampling(tiny_lm):
     assert a.latents == b.latents and a.latents != c.latents
     with pytest.raises(ValueError, match="lower n_latents"):
         sample_latents(tiny_lm, 3, prompts, seed=0, relevance="strict" if len(strict) == 64 else "topk", concreteness={})
+
+
+def test_firing_frequencies_read_from_latent_stats(tmp_path):
+    from esr_eval.latents import firing_frequencies
+    from esr_eval.steering.dictionary import DirectionSet
+
+    d = DirectionSet(torch.randn(3, 32), "d", layer=2, labels={})
+    assert firing_frequencies(d) is None  # no folder: nothing to read
+    d.folder = tmp_path
+    (tmp_path / "latent_stats.json").write_text(json.dumps({"0": {"frequency": 0.25, "max_activation": 3.0}, "2": {"frequency": 0.0}}))
+    assert firing_frequencies(d) == {0: 0.25, 2: 0.0}
+    (tmp_path / "latent_stats.json").write_text(json.dumps({"firing_frequency": [0.1, 0.0, 0.3]}))
+    assert firing_frequencies(d) == {0: 0.1, 1: 0.0, 2: 0.3}
