@@ -9,6 +9,17 @@ import sys
 # Each module defines `register(subparsers)`, which adds its parser and sets `func(args) -> int`.
 COMMAND_MODULES = [
     "esr_eval.explore",
+    "esr_eval.detectors",
+    "esr_eval.calibration",
+    "esr_eval.sae_training",
+    "esr_eval.finetune.data",
+    "esr_eval.finetune.train",
+    "esr_eval.lm_eval_model",
+    "esr_eval.analysis.report",
+    "esr_eval.analysis.agreement",
+    "esr_eval.analysis.episodes",
+    "esr_eval.compare",
+    "esr_eval.gate",
 ]
 
 

@@ -1,0 +1,1 @@
+"""Self-correction fine-tuning: data synthesis (`data`) and LoRA training with a merge (`train`)."""
