@@ -54,7 +54,7 @@ def load_engine(
 class _Batcher:
     """Collects concurrent requests on one event loop and runs them in bounded batches."""
 
-    def __init__(self, engine: SteeredLM, max_batch_size: int, gather_s: float = 0.05) -> None:
+    def __init__(self, engine: SteeredLM, max_batch_size: int, gather_s: float = 0.02) -> None:
         self.engine = engine
         self.max_batch_size = max_batch_size
         self.gather_s = gather_s
@@ -70,10 +70,18 @@ class _Batcher:
             asyncio.get_running_loop().create_task(self._drain())
         return await future
 
+    async def _gather(self, max_waits: int = 20) -> None:
+        """Let the other samples of this step queue up: wait while requests keep arriving."""
+        for _ in range(max_waits):
+            seen = len(self.pending)
+            await asyncio.sleep(self.gather_s)
+            if len(self.pending) == seen or len(self.pending) >= self.max_batch_size:
+                return
+
     async def _drain(self) -> None:
         try:
-            await asyncio.sleep(self.gather_s)  # let the other samples of this step queue up
             while self.pending:
+                await self._gather()
                 batch, self.pending = self.pending[: self.max_batch_size], self.pending[self.max_batch_size :]
                 self.batch_sizes.append(len(batch))
                 try:
