@@ -98,14 +98,8 @@ def discover(lm: SteeredLM, prompts: list[str], answers: list[str], seed: int = 
 
 
 def unsteered_answers(lm: SteeredLM, prompts: list[str], max_tokens: int, seed: int, batch_size: int = 16) -> list[str]:
-    from tqdm import tqdm
-
-    answers: list[str] = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="unsteered answers", unit="batch"):
-        chunk = prompts[start : start + batch_size]
-        reqs = [GenerationRequest([{"role": "user", "content": p}], (), max_tokens, 0.6, seed=seed + start + i) for i, p in enumerate(chunk)]
-        answers += [r.text for r in lm.generate(reqs)]
-    return answers
+    requests = [GenerationRequest([{"role": "user", "content": p}], (), max_tokens, 0.6, seed=seed + i) for i, p in enumerate(prompts)]
+    return [r.text for r in lm.generate_in_batches(requests, batch_size, desc="unsteered answers")]
 
 
 def write_detectors(path: str | Path, model: str, lm: SteeredLM, rule: str, chosen: list[int], rows: list[LatentStats], frequency: np.ndarray) -> Path:

@@ -27,8 +27,6 @@ def engine_from(args: argparse.Namespace):
 
 def _generate(args: argparse.Namespace) -> int:
     engine = engine_from(args)
-    if args.latent is not None:
-        engine.dictionary is not None and engine.dictionary.check_latent(args.latent)
     steering = [Intervention(args.latent, args.value, args.mode)] if args.latent is not None else []
     make = lambda ivs: GenerationRequest(
         [{"role": "user", "content": args.prompt}], ivs, args.max_tokens, args.temperature, seed=args.seed

@@ -60,7 +60,6 @@ class _Batcher:
         self.gather_s = gather_s
         self.pending: list[tuple[GenerationRequest, asyncio.Future]] = []
         self.draining = False
-        self.batch_sizes: list[int] = []
 
     async def submit(self, request: GenerationRequest) -> GenerationResult:
         future = asyncio.get_running_loop().create_future()
@@ -83,7 +82,6 @@ class _Batcher:
             while self.pending:
                 await self._gather()
                 batch, self.pending = self.pending[: self.max_batch_size], self.pending[self.max_batch_size :]
-                self.batch_sizes.append(len(batch))
                 try:
                     results = await anyio.to_thread.run_sync(self.engine.generate, [r for r, _ in batch])
                 except Exception as err:  # every waiting sample sees the failure

@@ -71,11 +71,9 @@ def test_steering_resistance_end_to_end(tiny_model_dir, tiny_sae_dir, tmp_path):
         md = sample.metadata
         # both first scores (0.2 and 0.4) lie within 0.1 of the 0.3 target: one trial each
         assert md["calibration_trials"] == 1 and md["boost"] == md["threshold"] > 0
-        body = sample.output and sample.events
         steering = [e for e in sample.events if e.event == "model" and e.config.extra_body]
         assert steering[-1].config.extra_body["steering"] == [{"latent": md["latent"], "value": md["boost"], "mode": "add"}]
         assert steering[-1].config.seed == md["seed"]
-        del body
 
 
 def test_second_run_reuses_thresholds_without_calibration(tiny_model_dir, tiny_sae_dir, tmp_path):

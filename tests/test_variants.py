@@ -185,3 +185,17 @@ def test_missing_detectors_file_names_the_command(tiny_model_dir, tiny_sae_dir, 
         inspect_eval("esr_eval/detector_ablation", model=f"steered/{tiny_model_dir}", model_args={"dictionary": str(tiny_sae_dir)}, task_args={"latents": [1]}, log_dir=str(tmp_path), display="none")
     with pytest.raises(FileNotFoundError, match="find-detectors"):
         inspect_eval("esr_eval/detector_ablation", model=f"steered/{tiny_model_dir}", model_args={"dictionary": str(tiny_sae_dir)}, task_args={"latents": [1], "detectors": str(tmp_path / "no.json")}, log_dir=str(tmp_path), display="none")
+
+
+def test_find_detectors_command_writes_file_and_plot(tiny_model_dir, tiny_sae_dir, tmp_path):
+    from esr_eval.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Explain how to brew coffee.\nHow do you tie a tie?\nHow do you bake bread?\n")
+    out = tmp_path / "det.json"
+    assert main(["find-detectors", "--model", str(tiny_model_dir), "--dictionary", str(tiny_sae_dir), "--prompts", str(prompts), "--max-tokens", "6", "--rule", "auc", "--min-auc", "0.0", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["layer"] == 2 and len(data["firing_frequency"]) == 64
+    active = [s for s in data["stats"] if s["active_mismatched"] >= 0.8]
+    assert sorted(data["latents"]) == sorted(s["latent"] for s in active)
+    assert out.with_suffix(".png").stat().st_size > 1000

@@ -162,15 +162,6 @@ def make_row(plan: RowPlan, answer: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ tokenisation with masks
-def prompt_token_ids(tokenizer, messages: list[dict[str, str]], chat_template: bool = True) -> list[int]:
-    """The prompt as the steering engine feeds it (SteeredLM.prompt_ids), ending where the answer starts."""
-    if chat_template and tokenizer.chat_template is not None:
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-    text = "\n\n".join(m["content"] for m in messages)
-    return tokenizer(text + "\n\n", add_special_tokens=True)["input_ids"]
-
-
 def end_of_turn_ids(tokenizer, chat_template: bool = True) -> list[int]:
     """What the chat template writes after an assistant message (e.g. `<|im_end|>\\n`), else EOS."""
     if chat_template and tokenizer.chat_template is not None:
@@ -185,7 +176,9 @@ def end_of_turn_ids(tokenizer, chat_template: bool = True) -> list[int]:
 
 def encode_row(tokenizer, row: dict[str, Any], max_length: int = 1024, chat_template: bool = True) -> dict[str, list[int]]:
     """input_ids and labels (-100 on the prompt and on untrained segments), cut to max_length."""
-    ids = prompt_token_ids(tokenizer, row["messages"][:1], chat_template)
+    from esr_eval.steering.engine import render_prompt_ids
+
+    ids = render_prompt_ids(tokenizer, row["messages"][:1], chat_template)
     labels = [-100] * len(ids)
     for segment in row["segments"]:
         piece = tokenizer(segment["text"], add_special_tokens=False)["input_ids"]
@@ -213,19 +206,10 @@ def unsteered_engine(model: str, dtype: str = "bfloat16", device: str = "cpu"):
 
 
 def generate_answers(engine, plans: Sequence[RowPlan], max_new_tokens: int, batch_size: int, temperature: float) -> list[str]:
-    from tqdm import tqdm
-
     from esr_eval.steering.engine import GenerationRequest
 
-    answers: list[str] = []
-    for start in tqdm(range(0, len(plans), batch_size), desc="answers", unit="batch"):
-        chunk = plans[start : start + batch_size]
-        requests = [
-            GenerationRequest([{"role": "user", "content": p.prompt}], (), max_new_tokens, temperature, seed=p.seed)
-            for p in chunk
-        ]
-        answers += [r.text for r in engine.generate(requests)]
-    return answers
+    requests = [GenerationRequest([{"role": "user", "content": p.prompt}], (), max_new_tokens, temperature, seed=p.seed) for p in plans]
+    return [r.text for r in engine.generate_in_batches(requests, batch_size)]
 
 
 def write_passages(writer, plans: Sequence[RowPlan], max_connections: int = 8) -> None:

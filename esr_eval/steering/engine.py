@@ -44,6 +44,16 @@ class GenerationResult:
     token_ids: list[int] = field(default_factory=list)
 
 
+def render_prompt_ids(tokenizer, messages: list[Message], chat_template: bool = True) -> list[int]:
+    """Token ids of a conversation up to where the assistant's answer starts: the chat template
+    when the tokenizer has one, else plain text (base models)."""
+    if chat_template and tokenizer.chat_template is not None:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)  # transformers 5 may return a BatchEncoding
+    text = "\n\n".join(m["content"] if m["role"] != "assistant" else f"Answer: {m['content']}" for m in messages)
+    return tokenizer(text + "\n\n", add_special_tokens=True)["input_ids"]
+
+
 class SteeredLM:
     def __init__(
         self,
@@ -142,15 +152,7 @@ class SteeredLM:
 
     # ---------------------------------------------------------------- prompts
     def prompt_ids(self, messages: list[Message]) -> list[int]:
-        if self.use_chat_template:
-            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-            if hasattr(ids, "keys"):  # transformers 5 may return a BatchEncoding
-                ids = ids["input_ids"]
-            return list(ids)
-        text = "\n\n".join(
-            m["content"] if m["role"] != "assistant" else f"Answer: {m['content']}" for m in messages
-        )
-        return self.tokenizer(text + "\n\n", add_special_tokens=True)["input_ids"]
+        return render_prompt_ids(self.tokenizer, messages, self.use_chat_template)
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
@@ -227,6 +229,15 @@ class SteeredLM:
             results.append(
                 GenerationResult(text, len(prompts[b]), len(toks), "stop" if stopped[b] else "max_tokens", toks)
             )
+        return results
+
+    def generate_in_batches(self, requests: Sequence[GenerationRequest], batch_size: int = 16, desc: str = "answers") -> list[GenerationResult]:
+        """`generate` over consecutive chunks, with a progress bar (CLI work)."""
+        from tqdm import tqdm
+
+        results: list[GenerationResult] = []
+        for start in tqdm(range(0, len(requests), batch_size), desc=desc, unit="batch"):
+            results += self.generate(requests[start : start + batch_size])
         return results
 
     @staticmethod
