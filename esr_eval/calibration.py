@@ -187,7 +187,7 @@ class Calibrator:
 
     def key(self, latent: int, grader: Model) -> dict[str, Any]:
         return dict(
-            model=self.api.model_name,
+            model=self.api.model_key,
             dictionary=self.dictionary_id,
             latent=latent,
             grader=str(grader),

@@ -8,6 +8,7 @@ Model args (`-M`): dictionary, layer, labels, dtype, device, max_batch_size, rep
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from typing import Any
 
@@ -24,6 +25,7 @@ from inspect_ai.tool import ToolChoice, ToolInfo
 
 from esr_eval.steering.engine import GenerationRequest, GenerationResult, SteeredLM
 from esr_eval.steering.intervention import steering_from_extra_body
+from esr_eval.steering.models import model_fingerprint
 from esr_eval.steering.presets import get_preset
 
 PROVIDER = "steered"
@@ -128,6 +130,11 @@ class SteeredModelAPI(ModelAPI):
         default_penalty = preset.repetition_penalty if preset else 1.1
         self.repetition_penalty = float(repetition_penalty) if repetition_penalty is not None else default_penalty
         self._batchers: dict[int, _Batcher] = {}
+
+    @functools.cached_property
+    def model_key(self) -> str:
+        """Identity of the weights for caches: the source, hashed when it is a local path."""
+        return model_fingerprint(self.source)
 
     @property
     def engine(self) -> SteeredLM:

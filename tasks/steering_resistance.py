@@ -7,12 +7,17 @@ from typing import Any
 from inspect_ai import Task, task
 from inspect_ai.scorer import Metric
 
+from esr_eval.finetune import finetune_summary
 from esr_eval.scorers import attempts_judge
 from esr_eval.tasks.common import Setup, build_samples, dataset, prepare, steered_generate
 
 
 def esr_task(setup: Setup, samples: list, name: str, metrics: list[Metric] | None = None, **metadata: Any) -> Task:
-    """The one run loop every variant shares: steered generation, then the attempts judge."""
+    """The one run loop every variant shares: steered generation, then the attempts judge.
+    A model merged by `esr-eval finetune` leaves its mixing ratio and losses in the metadata."""
+    tuned = finetune_summary(setup.api.engine.name)
+    if tuned:
+        metadata["finetune"] = tuned
     return Task(
         dataset=dataset(samples, name),
         solver=steered_generate(setup.calibrator, setup.labels, setup.generation),

@@ -76,6 +76,7 @@ def run_canned(
     model: str = "mockllm/smollm2-135m",
     task_args: dict[str, Any] | None = None,
     fail: bool = False,
+    task_metadata: dict[str, Any] | None = None,
 ) -> EvalLog:
     """rows: {"answer", "metadata", "scores": {scorer_name: {"value", "attempts", "grader"}}}."""
     samples = [
@@ -88,7 +89,7 @@ def run_canned(
     ]
     names = list(rows[0]["scores"]) if rows else ["judge"]
     scorers = [canned_judge(n, {i + 1: row["scores"][n] for i, row in enumerate(rows)}) for n in names]
-    t = Task(name=task, dataset=samples, solver=canned_answer(fail), scorer=scorers)
+    t = Task(name=task, dataset=samples, solver=canned_answer(fail), scorer=scorers, metadata=task_metadata)
     log = eval(t, model=model, log_dir=str(log_dir), display="none")[0]
     if task_args:  # a Task object takes no -T args; record them as a registry task would
         from inspect_ai.log import read_eval_log, write_eval_log

@@ -8,6 +8,7 @@ import random
 import pytest
 
 from esr_eval.cli import main
+from esr_eval.finetune import finetune_summary
 from esr_eval.finetune.data import (
     OffTopicBank,
     RowPlan,
@@ -184,6 +185,9 @@ def test_lora_lowers_loss_and_merged_model_loads_in_provider(tiny_model_dir, tin
     out = merge_and_save(peft_model, tok, tmp_path / "tuned", metrics)
     saved = json.loads((out / "finetune_metrics.json").read_text())
     assert saved["step_losses"] == metrics["step_losses"]
+    summary = finetune_summary(str(out))
+    assert summary["mixing_ratio"] == 0.5 and summary["optimizer_steps"] == 8 and summary["correction_rows"] == 4
+    assert finetune_summary(str(tiny_model_dir)) is None
     engine = load_engine(str(out), dictionary=str(tiny_sae_dir))
     assert mean_loss(engine.model, encoded, tok.pad_token_id) == pytest.approx(after, abs=1e-4)
     [result] = engine.generate([GenerationRequest([{"role": "user", "content": PROMPTS[0]}], max_new_tokens=5, seed=0)])

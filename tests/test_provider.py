@@ -68,3 +68,21 @@ def test_unknown_dictionary_in_request_fails_the_sample(tiny_model_dir, tiny_sae
     )[0]
     assert log.status == "error"
     assert "other-sae@2" in str(log.error)
+
+
+def test_model_key_follows_the_weights_of_a_local_model(tiny_model_dir, tmp_path):
+    import shutil
+
+    from esr_eval.provider import SteeredModelAPI
+
+    copy = tmp_path / "tuned"
+    shutil.copytree(tiny_model_dir, copy)
+    key = SteeredModelAPI(str(copy)).model_key
+    assert key.startswith("tuned#") and SteeredModelAPI(str(copy)).model_key == key
+    weights = next(copy.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # retrained into the same folder: the thresholds cache must miss
+    weights.write_bytes(bytes(data))
+    assert SteeredModelAPI(str(copy)).model_key != key
+    assert SteeredModelAPI("smollm2-135m").model_key == "smollm2-135m"
+    assert SteeredModelAPI("org/hub-model").model_key == "org/hub-model"

@@ -123,6 +123,31 @@ def test_plots_only_for_present_tasks(tmp_path):
     assert sorted(p.name for p in out.glob("*.png")) == ["rates_steering_resistance.png"]  # no size known
 
 
+def test_finetune_runs_plotted_against_mixing_ratio(tmp_path):
+    from esr_eval.analysis.plots import finetune_series
+
+    d = tmp_path / "logs"
+    run_canned(d, _rows(LARGER), model="steered/smollm2-135m")
+    run_canned(d, _rows([esr_value(80)] * 3), task="no_steering", model="steered/smollm2-135m")
+    run_canned(d, _rows(LARGER), model="steered/other-model")  # not the tuned models' base: left out
+    for ratio, steered, plain in ((0.9, SMALL, [esr_value(70, 90)] * 2), (0.1, LARGER, [esr_value(70)] * 2)):
+        tuned = {"finetune": {"base_model": "smollm2-135m", "mixing_ratio": ratio}}
+        name = f"steered//models/tuned-r{int(100 * ratio)}"
+        run_canned(d, _rows(steered), model=name, task_metadata=tuned)
+        run_canned(d, _rows(plain), task="no_steering", model=name, task_metadata=tuned)
+    runs = load_runs([str(d)])
+    assert finetune_series(runs) == {
+        "multi-attempt (steered)": [(None, 1, 3), (0.1, 1, 3), (0.9, 2, 4)],
+        "ESR (steered)": [(None, 1, 3), (0.1, 1, 3), (0.9, 1, 4)],
+        "false alarms (no steering)": [(None, 0, 3), (0.1, 0, 2), (0.9, 2, 2)],
+    }
+    out = tmp_path / "out"
+    assert main(["report", str(d), "--out", str(out)]) == 0
+    assert (out / "finetune.png").read_bytes().startswith(PNG)
+    assert "| tuned-r90 (smollm2-135m + 90% self-correction) |" in (out / "report.md").read_text()
+    assert finetune_series([r for r in runs if "tuned" not in r.model]) == {}
+
+
 def test_report_bad_input(tmp_path):
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert main(["report", str(tmp_path)]) == 2

@@ -14,6 +14,7 @@ from esr_eval.calibration import prompt_set_hash
 from esr_eval.detectors import derangement, frequency_bins, matched_controls, select_detectors, separation_stats
 from esr_eval.latents import load_prompts
 from esr_eval.provider import load_engine
+from esr_eval.steering.models import model_fingerprint
 from esr_eval.tasks.common import PROMPTS_FILE
 from esr_eval.tasks.meta_prompt import META_PROMPTS
 
@@ -32,7 +33,7 @@ def write_thresholds(path, model: str, dictionary: str, thresholds: dict[int, fl
 def test_boost_sweep_levels_use_cached_thresholds(tiny_model_dir, tiny_sae_dir, tmp_path):
     lm = load_engine(str(tiny_model_dir), str(tiny_sae_dir))
     thresholds = {1: 4.0, 2: 6.0, 3: 8.0, 4: 10.0}  # mean 7, population sd sqrt(5)
-    write_thresholds(tmp_path / "thresholds.jsonl", str(tiny_model_dir), lm.dictionary_id, thresholds, target=0.5)
+    write_thresholds(tmp_path / "thresholds.jsonl", model_fingerprint(str(tiny_model_dir)), lm.dictionary_id, thresholds, target=0.5)
     calls: list[str] = []
     log = run("esr_eval/boost_sweep", tiny_model_dir, tiny_sae_dir, tmp_path, keyed_grader(REPLIES, calls), latents=[1, 2, 3, 4], prompts_per_latent=1, levels=3, span=3.0)
     assert len(calls) == 12  # 3 levels x 4 trials; no calibration call: all cached
@@ -84,7 +85,7 @@ def test_detector_ablation_reads_zero_at_the_layer(tiny_model_dir, tmp_path):
     detectors = [5, 6, 7]
     (tmp_path / "det.json").write_text(json.dumps({"dictionary": lm.dictionary_id, "layer": 2, "latents": detectors, "firing_frequency": [0.5] * 16}))
     # cached thresholds: no calibration run (calibration steers without ablation)
-    write_thresholds(tmp_path / "thresholds.jsonl", str(tiny_model_dir), lm.dictionary_id, {1: 3.0, 2: 5.0}, target=0.3)
+    write_thresholds(tmp_path / "thresholds.jsonl", model_fingerprint(str(tiny_model_dir)), lm.dictionary_id, {1: 3.0, 2: 5.0}, target=0.3)
     seen: list[torch.Tensor] = []
     handle = lm.model.model.layers[2].register_forward_hook(lambda m, a, out: seen.append(lm.dictionary.encode(out if torch.is_tensor(out) else out[0])))
     try:

@@ -205,6 +205,65 @@ def plot_variants(runs: list[Run], out: Path) -> Path | None:
     return save_png(fig, out / "meta_prompt.png")
 
 
+def finetune_info(run: Run) -> dict | None:
+    """What `esr-eval finetune` recorded for the run's model (see esr_eval.finetune)."""
+    return (run.log.eval.metadata or {}).get("finetune")
+
+
+FINETUNE_SERIES = (
+    ("steering_resistance", "multi_attempt", "multi-attempt (steered)"),
+    ("steering_resistance", "esr", "ESR (steered)"),
+    ("no_steering", "multi_attempt", "false alarms (no steering)"),
+)
+
+
+def finetune_series(runs: list[Run]) -> dict[str, list[tuple[float | None, int, int]]]:
+    """Per series, (mixing ratio, count, trials) sorted by ratio; None is the untuned base model,
+    recognised by name from the tuned runs' `base_model`."""
+    bases = {str(finetune_info(r)["base_model"]).split("/")[-1] for r in runs if finetune_info(r)}
+    if not bases:
+        return {}
+
+    def ratio(r: Run) -> float | None:
+        info = finetune_info(r)
+        return float(info["mixing_ratio"]) if info else None
+
+    out: dict[str, list[tuple[float | None, int, int]]] = {}
+    for task, attr, name in FINETUNE_SERIES:
+        chosen = [r for r in runs if r.task == task and (finetune_info(r) or r.model.split("/")[-1] in bases)]
+        points = [(ratio(r), getattr(r.summary, attr), r.summary.n) for r in chosen]
+        if points:
+            out[name] = sorted(points, key=lambda p: -1.0 if p[0] is None else p[0])
+    return out
+
+
+def plot_finetune(runs: list[Run], out: Path) -> Path | None:
+    """Multi-attempt and ESR under steering, and the false-alarm rate without it, against the
+    mixing ratio of self-correction rows; the untuned base model comes first."""
+    series = finetune_series(runs)
+    if not series:
+        return None
+    ratios = sorted({p[0] for pts in series.values() for p in pts}, key=lambda v: -1.0 if v is None else v)
+    x_of = {v: i for i, v in enumerate(ratios)}
+    fig = Figure(figsize=(1.8 + 1.1 * len(ratios), 3.6))
+    ax = fig.subplots()
+    for i, ((name, pts), marker) in enumerate(zip(series.items(), ("o", "s", "^"))):
+        errs = [rate_err(k, n) for _, k, n in pts]
+        ax.errorbar(
+            [x_of[p[0]] + (i - 1) * 0.08 for p in pts],
+            [100 * e[0] for e in errs],
+            yerr=[[100 * e[1] for e in errs], [100 * e[2] for e in errs]],
+            fmt=marker + "-",
+            capsize=3,
+            label=name,
+        )
+    ax.set_xticks(range(len(ratios)), ["base" if v is None else f"{100 * v:.0f}%" for v in ratios])
+    ax.set_xlabel("self-correction rows in the fine-tuning data")
+    ax.set_ylabel("% of trials")
+    ax.set_title("self-correction fine-tuning (Wilson 95% intervals)")
+    ax.legend(fontsize=7)
+    return save_png(fig, out / "finetune.png")
+
 def write_plots(runs: list[Run], out: Path) -> list[Path]:
     plots: list[Path] = []
     for task in sorted({r.task for r in runs}):
@@ -215,5 +274,5 @@ def write_plots(runs: list[Run], out: Path) -> list[Path]:
     sweep = [r for r in runs if r.task == "boost_sweep"]
     if sweep:
         plots.append(plot_sweep(sweep, out))
-    plots += [plot_ablation(runs, out), plot_variants(runs, out)]
+    plots += [plot_ablation(runs, out), plot_variants(runs, out), plot_finetune(runs, out)]
     return [p for p in plots if p is not None]

@@ -104,11 +104,18 @@ class Run:
     def model(self) -> str:
         return short_model(self.log.eval.model)
 
+    @property
+    def model_cell(self) -> str:
+        tuned = (self.log.eval.metadata or {}).get("finetune")
+        if not tuned or tuned.get("mixing_ratio") is None:
+            return self.model
+        return f"{self.model} ({tuned.get('base_model')} + {100 * float(tuned['mixing_ratio']):.0f}% self-correction)"
+
     def row(self) -> list[str]:
         s, ci = self.summary, self.summary.intervals()
         m = s.metrics()
         return [
-            self.model,
+            self.model_cell,
             fmt_params(model_params(self.log)),
             task_params(self.log) or "-",
             str(s.n),

@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
+from esr_eval.finetune import METRICS_FILE
 from esr_eval.finetune.data import encode_row
 from esr_eval.io import atomic_directory, read_jsonl
 
-METRICS_FILE = "finetune_metrics.json"
 ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 

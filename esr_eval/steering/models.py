@@ -39,6 +39,28 @@ def package_file(package: str, filename: str, install: str) -> Path:
     return path
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+
+
+def model_fingerprint(source: str | Path, samples: int = 64, chunk: int = 1 << 16) -> str:
+    """`source` itself for presets and hub ids; for a local folder or file, its name plus a hash
+    of the weight files' sizes and `samples` evenly spaced chunks, so a model retrained into the
+    same folder does not reuse thresholds calibrated on the old weights."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        return str(source)
+    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.suffix in WEIGHT_SUFFIXES)
+    digest = hashlib.blake2b(digest_size=8)
+    for f in files:
+        size = f.stat().st_size
+        digest.update(f"{f.name}:{size}".encode())
+        with f.open("rb") as fh:
+            for i in range(samples):
+                fh.seek(max(0, size - chunk) * i // max(samples - 1, 1))
+                digest.update(fh.read(chunk))
+    return f"{path.name}#{digest.hexdigest()}"
+
+
 def _gguf_cache_folder(gguf_path: Path) -> Path:
     stat = gguf_path.stat()
     key = hashlib.sha1(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
