@@ -58,8 +58,19 @@ RESTART_PATTERNS = [
     r"i (?:got|was getting|am getting|'m getting) (?:distracted|sidetracked|off[- ]track)",
     r"(?:to answer|answering) your (?:actual |original )?question (?:properly|correctly|again)",
     r"(?:starting|start) over\b",
+    r"let me (?:correct myself|stop and|pause)\b",
+    r"(?:actually,? )?scratch that\b",
+    r"on second thought\b",
+    r"i(?:'ve| have)? (?:lost (?:the|my) (?:thread|train of thought|focus)|gone off|drifted|wandered|strayed|gotten off|got carried|gotten carried)\b",
+    r"i (?:seem to have|think i(?:'ve| have)) (?:lost (?:the|my)|gone off|drifted|wandered|strayed)\b",
+    r"i(?:'m| am) (?:off[- ]topic|drifting (?:away|off)|getting carried)\b",
+    r"i notice (?:that )?i(?:'m| am) (?:drifting|going|getting|off)\b",
+    r"(?:that|this) (?:doesn't|does not|didn't|did not) answer (?:your|the) question",
+    r"(?:that's|that is|that was|this is|this was) (?:a |an )?(?:detour|tangent|digression|beside the point|(?:irrelevant|unrelated)(?=\s*[.!]|\s*$))",
 ]
-_RESTART = re.compile(r"^[\s\"'*_(\[]*(?:" + "|".join(RESTART_PATTERNS) + ")", re.IGNORECASE)
+# An interjection may come first ("Hmm, ...", "Okay, ...", "Apologies, ...") but does not count alone.
+_INTERJECTION = r"(?:(?:hmm+|okay|ok|oh|well|no|sorry|apologies|actually),?\s+)?"
+_RESTART = re.compile(r"^[\s\"'*_(\[]*" + _INTERJECTION + "(?:" + "|".join(RESTART_PATTERNS) + ")", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 # Score mapping (cosine similarities of all-MiniLM-L6-v2, checked on hand-written answers):

@@ -17,7 +17,7 @@ from inspect_ai.log import read_eval_log
 from inspect_ai.model import ChatMessage, ModelOutput, ModelUsage, get_model
 from inspect_ai.solver import generate
 
-from esr_eval.offline_judge import grade, split_attempts
+from esr_eval.offline_judge import grade, is_restart, split_attempts
 from esr_eval.scorers import OFFLINE_GRADER, attempts_judge, judge_answer
 
 PROMPT = "Explain how to brew coffee with a French press."
@@ -130,3 +130,28 @@ def test_inspect_score_cli_rescores_with_another_grader(tmp_path: Path) -> None:
     assert scores[new[0]].metadata["grader"] == OFFLINE_GRADER
     assert scores[new[0]].value["n_attempts"] == 2.0
     assert scores["attempts_judge"].value["first_score"] == 50.0
+
+
+def test_every_trained_recovery_line_starts_a_new_attempt() -> None:
+    """The offline grader must see the corrections that `esr-eval finetune` teaches."""
+    from esr_eval.finetune.data import OffTopicBank
+
+    lines = OffTopicBank.load().recovery_lines
+    assert len(lines) >= 20
+    for line in lines:
+        assert len(split_attempts(f"Lava is hot and glows red. {line} Boil water and pour it.")) == 2, line
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "Well, that is the key step.",
+        "No, you should not boil the milk.",
+        "I have lost weight by walking.",
+        "That is irrelevant to the taste.",
+        "I'm drifting through the options here.",
+        "Sorry to hear that the bread failed.",
+    ],
+)
+def test_ordinary_sentences_are_no_restart(sentence: str) -> None:
+    assert not is_restart(sentence)
