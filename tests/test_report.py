@@ -144,7 +144,7 @@ def test_finetune_runs_plotted_against_mixing_ratio(tmp_path):
     out = tmp_path / "out"
     assert main(["report", str(d), "--out", str(out)]) == 0
     assert (out / "finetune.png").read_bytes().startswith(PNG)
-    assert "| tuned-r90 (smollm2-135m + 90% self-correction) |" in (out / "report.md").read_text()
+    assert "| tuned-r90 (smollm2-135m + 90% self-correction) | 135M |" in (out / "report.md").read_text()
     assert finetune_series([r for r in runs if "tuned" not in r.model]) == {}
 
 

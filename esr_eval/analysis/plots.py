@@ -80,7 +80,7 @@ def plot_rates(task: str, runs: list[Run], out: Path) -> Path:
 def plot_size(runs: list[Run], out: Path) -> Path | None:
     from esr_eval.analysis.report import PAPER, PAPER_PARAMS, model_params
 
-    points = [(model_params(r.log), r) for r in runs if model_params(r.log)]
+    points = [(model_params(r.log), r) for r in runs if model_params(r.log) and not finetune_info(r)]
     if not points:
         return None
     fig = Figure(figsize=(5, 3.6))

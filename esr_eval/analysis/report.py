@@ -57,11 +57,13 @@ COLUMNS = [
 
 
 def model_params(log: EvalLog) -> float | None:
-    """Parameter count: model args or eval metadata key `n_params`, then presets, then a size in the name."""
+    """Parameter count: model args or eval metadata key `n_params`, then presets (a tuned model's
+    base), then a size in the name."""
     for source in (log.eval.model_args or {}, log.eval.metadata or {}):
         if source.get("n_params") is not None:
             return float(source["n_params"])
-    name = short_model(log.eval.model).split("/")[-1].lower()
+    tuned = (log.eval.metadata or {}).get("finetune") or {}
+    name = str(tuned.get("base_model") or short_model(log.eval.model)).split("/")[-1].lower()  # LoRA merges add none
     if name in PRESET_PARAMS:
         return PRESET_PARAMS[name]
     found = re.search(r"(\d+(?:\.\d+)?)([mb])(?![a-z])", name)
