@@ -264,6 +264,7 @@ def plot_finetune(runs: list[Run], out: Path) -> Path | None:
     ax.legend(fontsize=7)
     return save_png(fig, out / "finetune.png")
 
+
 def write_plots(runs: list[Run], out: Path) -> list[Path]:
     plots: list[Path] = []
     for task in sorted({r.task for r in runs}):
