@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Self-correction fine-tuning on the embedded model (SmolLM2-135M-Instruct), offline:
 # data at three mixing ratios, one LoRA model per ratio, and steering_resistance + no_steering
-# for the base model and each tuned model on the same latents. About 75 minutes on a 2-core CPU.
+# for the base model and each tuned model on the same latents. About 1 h 45 min on a 2-core CPU.
 #
 #   docs/examples/finetune-demo.sh [OUT_DIR]      # default: finetune-demo
 #

@@ -65,6 +65,11 @@ def short_model(model: str) -> str:
     return Path(source).name if source.startswith(("/", ".", "~")) else source
 
 
+def finetune_info(log: EvalLog) -> dict[str, Any] | None:
+    """What `esr-eval finetune` recorded for the log's model (task metadata `finetune`)."""
+    return (log.eval.metadata or {}).get("finetune")
+
+
 def is_esr_value(value: Any) -> bool:
     return isinstance(value, dict) and all(k in value for k in ESR_KEYS)
 

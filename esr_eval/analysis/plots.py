@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 
-from esr_eval.analysis.logs import Summary, group_samples, wilson  # noqa: E402
+from esr_eval.analysis.logs import Summary, finetune_info, group_samples, wilson  # noqa: E402
 
 if TYPE_CHECKING:
     from esr_eval.analysis.report import Run
@@ -80,7 +80,7 @@ def plot_rates(task: str, runs: list[Run], out: Path) -> Path:
 def plot_size(runs: list[Run], out: Path) -> Path | None:
     from esr_eval.analysis.report import PAPER, PAPER_PARAMS, model_params
 
-    points = [(model_params(r.log), r) for r in runs if model_params(r.log) and not finetune_info(r)]
+    points = [(model_params(r.log), r) for r in runs if model_params(r.log) and not finetune_info(r.log)]
     if not points:
         return None
     fig = Figure(figsize=(5, 3.6))
@@ -205,11 +205,6 @@ def plot_variants(runs: list[Run], out: Path) -> Path | None:
     return save_png(fig, out / "meta_prompt.png")
 
 
-def finetune_info(run: Run) -> dict | None:
-    """What `esr-eval finetune` recorded for the run's model (see esr_eval.finetune)."""
-    return (run.log.eval.metadata or {}).get("finetune")
-
-
 FINETUNE_SERIES = (
     ("steering_resistance", "multi_attempt", "multi-attempt (steered)"),
     ("steering_resistance", "esr", "ESR (steered)"),
@@ -220,17 +215,17 @@ FINETUNE_SERIES = (
 def finetune_series(runs: list[Run]) -> dict[str, list[tuple[float | None, int, int]]]:
     """Per series, (mixing ratio, count, trials) sorted by ratio; None is the untuned base model,
     recognised by name from the tuned runs' `base_model`."""
-    bases = {str(finetune_info(r)["base_model"]).split("/")[-1] for r in runs if finetune_info(r)}
+    bases = {str(finetune_info(r.log)["base_model"]).split("/")[-1] for r in runs if finetune_info(r.log)}
     if not bases:
         return {}
 
     def ratio(r: Run) -> float | None:
-        info = finetune_info(r)
+        info = finetune_info(r.log)
         return float(info["mixing_ratio"]) if info else None
 
     out: dict[str, list[tuple[float | None, int, int]]] = {}
     for task, attr, name in FINETUNE_SERIES:
-        chosen = [r for r in runs if r.task == task and (finetune_info(r) or r.model.split("/")[-1] in bases)]
+        chosen = [r for r in runs if r.task == task and (finetune_info(r.log) or r.model.split("/")[-1] in bases)]
         points = [(ratio(r), getattr(r.summary, attr), r.summary.n) for r in chosen]
         if points:
             out[name] = sorted(points, key=lambda p: -1.0 if p[0] is None else p[0])

@@ -13,6 +13,7 @@ from inspect_ai.log import EvalLog
 
 from esr_eval.analysis.logs import (
     Summary,
+    finetune_info,
     latest_per_run,
     read_logs,
     sample_values,
@@ -62,7 +63,7 @@ def model_params(log: EvalLog) -> float | None:
     for source in (log.eval.model_args or {}, log.eval.metadata or {}):
         if source.get("n_params") is not None:
             return float(source["n_params"])
-    tuned = (log.eval.metadata or {}).get("finetune") or {}
+    tuned = finetune_info(log) or {}
     name = str(tuned.get("base_model") or short_model(log.eval.model)).split("/")[-1].lower()  # LoRA merges add none
     if name in PRESET_PARAMS:
         return PRESET_PARAMS[name]
@@ -108,7 +109,7 @@ class Run:
 
     @property
     def model_cell(self) -> str:
-        tuned = (self.log.eval.metadata or {}).get("finetune")
+        tuned = finetune_info(self.log)
         if not tuned or tuned.get("mixing_ratio") is None:
             return self.model
         return f"{self.model} ({tuned.get('base_model')} + {100 * float(tuned['mixing_ratio']):.0f}% self-correction)"
