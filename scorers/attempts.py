@@ -1,70 +1,28 @@
 """`attempts_judge`: the ESR scorer. A grader model (role "grader") splits the steered answer
-into attempts and scores each; the Score value holds the per-trial ESR numbers."""
+into attempts and scores each; `Score.value` holds the trial record (`schema.TrialValue`)."""
 
 from __future__ import annotations
 
-import re
-
+from esr_eval.scorers.metrics import esr_metrics
 from inspect_ai.model import get_model
 from inspect_ai.scorer import Score, Scorer, Target, scorer
 from inspect_ai.solver import TaskState
 
-from esr_eval.scorers.judge import JudgeResult, judge_answer
-from esr_eval.scorers.metrics import esr_metrics
+from esr_eval.config import GRADER_ROLE, OFFLINE_GRADER
+from esr_eval.judge.protocol import JudgeResult, judge_answer
+from esr_eval.judge.text import is_degraded
+from esr_eval.schema import TrialValue
 
-OFFLINE_GRADER = "esr_judge/minilm"
-GRADER_ROLE = "grader"
 COPIED_METADATA = ("latent", "boost")
-DEGRADED_RUN = 5  # identical consecutive words (longer than one char) that mark degraded output
-
-_WORD = re.compile(r"[\w'-]+")
 
 
-def is_degraded(text: str, run: int = DEGRADED_RUN) -> bool:
-    """True when `run` or more identical consecutive words longer than one char occur."""
-    streak, previous = 0, None
-    for word in (w.lower() for w in _WORD.findall(text)):
-        streak = streak + 1 if word == previous else 1
-        previous = word
-        if streak >= run and len(word) > 1:
-            return True
-    return False
-
-
-def score_value(result: JudgeResult, answer: str) -> dict[str, float]:
-    """The per-trial numbers (all floats); a judge error gives judge_error=1 and zeros."""
-    degraded = float(is_degraded(answer))
+def trial_value(result: JudgeResult, answer: str) -> TrialValue:
+    degraded = is_degraded(answer)
     if result.error:
-        value = dict.fromkeys(
-            [
-                "n_attempts",
-                "first_score",
-                "last_score",
-                "multi_attempt",
-                "esr",
-                "improvement",
-                "first_serves_concept",
-                "last_serves_concept",
-            ],
-            0.0,
-        )
-        return {**value, "degraded": degraded, "judge_error": 1.0}
-    attempts = result.attempts
-    first = attempts[0].score if attempts else 0.0
-    last = attempts[-1].score if attempts else 0.0
-    multi = len(attempts) >= 2
-    return {
-        "n_attempts": float(len(attempts)),
-        "first_score": float(first),
-        "last_score": float(last),
-        "multi_attempt": float(multi),
-        "esr": float(multi and last > first),
-        "improvement": float(last - first) if multi else 0.0,
-        "degraded": degraded,
-        "judge_error": 0.0,
-        "first_serves_concept": float(bool(attempts) and attempts[0].serves_concept),
-        "last_serves_concept": float(bool(attempts) and attempts[-1].serves_concept),
-    }
+        return TrialValue.failed(degraded)
+    return TrialValue.from_scores(
+        [a.score for a in result.attempts], [a.serves_concept for a in result.attempts], degraded
+    )
 
 
 def explanation(result: JudgeResult, grader: str, max_chars: int = 300) -> str:
@@ -111,7 +69,7 @@ def attempts_judge(grader: str | None = None) -> Scorer:
         if result.error_message:
             metadata["judge_error_message"] = result.error_message
         return Score(
-            value=score_value(result, answer),
+            value=trial_value(result, answer).to_value(),
             answer=answer,
             explanation=explanation(result, grader_name),
             metadata=metadata,

@@ -8,41 +8,51 @@ from __future__ import annotations
 
 from typing import Any
 
+from esr_eval.scorers import grouped_esr_metrics
+from esr_eval.tasks.dataset import build_samples
+from esr_eval.tasks.loop import esr_task
+from esr_eval.tasks.setup import Setup, prepare
 from inspect_ai import Task, task
 
-from esr_eval.detectors import control_frequencies, matched_controls, read_detectors
-from esr_eval.scorers import grouped_esr_metrics
-from esr_eval.tasks.common import build_samples, prepare
-from esr_eval.tasks.steering_resistance import esr_task
+from esr_eval.detectors.controls import control_frequencies, matched_controls
+from esr_eval.errors import UsageError
+from esr_eval.schema import DetectorsFile
 
 
-def _detectors(path: str | None, setup) -> dict:
+def read_task_detectors(path: str | None) -> DetectorsFile:
     if not path:
-        raise ValueError("pass -T detectors=FILE (make one with `esr-eval find-detectors --out detectors.json`)")
-    data = read_detectors(path)
-    if data.get("dictionary") not in (None, setup.calibrator.dictionary_id):
-        raise ValueError(f"{path} was found on dictionary {data['dictionary']}, this model steers {setup.calibrator.dictionary_id}: rerun find-detectors on this model")
-    for k in data["latents"]:
+        raise UsageError("pass -T detectors=FILE (make one with `esr-eval find-detectors --out detectors.json`)")
+    return DetectorsFile.read(path)
+
+
+def check_detectors(found: DetectorsFile, path: str, setup: Setup) -> None:
+    if found.dictionary not in (None, setup.calibrator.dictionary_id):
+        raise UsageError(
+            f"{path} was found on dictionary {found.dictionary}, this model steers "
+            f"{setup.calibrator.dictionary_id}: rerun find-detectors on this model"
+        )
+    for k in found.latents:
         setup.api.engine.dictionary.check_latent(k)
-    return data
 
 
 @task
 def detector_ablation(detectors: str | None = None, **common: Any) -> Task:
     """Steer as in steering_resistance with the off-topic detectors clamped to 0 on every token."""
-    setup = prepare(**common)
-    found = _detectors(detectors, setup)
-    samples = build_samples(setup, extra={"ablated": found["latents"], "variant": "detector_ablation"})
-    return esr_task(setup, samples, "detector_ablation", detectors=found["latents"])
+    found = read_task_detectors(detectors)  # before the model loads
+    setup = prepare("detector_ablation", common, own=("detectors",))
+    check_detectors(found, str(detectors), setup)
+    samples = build_samples(setup, extra={"ablated": found.latents, "variant": "detector_ablation"})
+    return esr_task(setup, samples, "detector_ablation", detectors=found.latents)
 
 
 @task
 def random_ablation(detectors: str | None = None, n_sets: int = 3, control_seed: int = 0, **common: Any) -> Task:
     """Control for detector_ablation: `n_sets` sets of as many random latents, each matched to a
     detector's firing-frequency bin; metrics per set (metadata "control_set") and pooled."""
-    setup = prepare(**common)
-    found = _detectors(detectors, setup)
-    sets = matched_controls(found["latents"], control_frequencies(found, setup.api.engine.dictionary), int(n_sets), int(control_seed))
+    found = read_task_detectors(detectors)
+    setup = prepare("random_ablation", common, own=("detectors", "n_sets", "control_seed"))
+    check_detectors(found, str(detectors), setup)
+    sets = matched_controls(found.latents, control_frequencies(found, setup.api.engine.dictionary), int(n_sets), int(control_seed))
     samples = [
         sample
         for j, ablated in enumerate(sets)

@@ -7,19 +7,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import jsonlines
 import numpy as np
+from esr_eval.scorers import grouped_esr_metrics
+from esr_eval.tasks.dataset import build_samples
+from esr_eval.tasks.loop import esr_task
+from esr_eval.tasks.meta_prompt import META_PROMPTS
+from esr_eval.tasks.setup import prepare
 from inspect_ai import Task, task
 from inspect_ai.scorer import Metric, SampleScore, grouped, metric
 
-from esr_eval.directions import cached_directions, read_neutral
-from esr_eval.scorers import grouped_esr_metrics
-from esr_eval.scorers.metrics import ADVERSARIAL_METRIC_NAMES, ESR_METRIC_NAMES
+from esr_eval.errors import DataFileError, UsageError
+from esr_eval.files import read_jsonl
+from esr_eval.results.stats import ADVERSARIAL_METRIC_NAMES, ESR_METRIC_NAMES
+from esr_eval.sampling.prompts import prompt_texts
 from esr_eval.steering.dictionary import DirectionSet
-from esr_eval.steering.engine import SteeredLM
-from esr_eval.tasks.common import build_samples, prepare
-from esr_eval.tasks.meta_prompt import META_PROMPTS
-from esr_eval.tasks.steering_resistance import esr_task
+from esr_eval.steering.directions import cached_directions
+from esr_eval.steering.engine import SteeringEngine
 
 DATA = Path(__file__).parent / "data"
 SOURCES = ("directions", "latents")
@@ -40,16 +43,15 @@ def adversarial_reduction() -> Metric:
 
 def read_targets(path: str | Path | None) -> list[dict]:
     path = Path(path) if path else DATA / "adversarial_targets.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"targets file {path} does not exist: pass -T targets=FILE (jsonl of id, label, search, positive)")
-    with jsonlines.open(path) as reader:
-        targets = list(reader)
-    if any("label" not in t for t in targets):
-        raise ValueError(f"{path}: every target needs a label (what the judge is told the hijack is)")
+    fix = "write one JSON object per line with id, label, search and positive"
+    targets = read_jsonl(path, "targets file", fix)
+    for line, t in enumerate(targets, 1):
+        if "label" not in t or "id" not in t:
+            raise DataFileError(path, line, "has no id or label (what the judge is told the hijack is)", fix)
     return targets
 
 
-def target_latents(lm: SteeredLM, targets: list[dict]) -> DirectionSet:
+def target_latents(lm: SteeringEngine, targets: list[dict]) -> DirectionSet:
     """Targets as dictionary latents found by label: a direction set of those decoder rows."""
     rows, labels = [], {}
     for t in targets:
@@ -58,7 +60,7 @@ def target_latents(lm: SteeredLM, targets: list[dict]) -> DirectionSet:
             labels[len(rows)] = t["label"]
             rows.append(lm.dictionary.W_dec[hits[0]].detach().float())
     if not rows:
-        raise ValueError("no target matches a latent label: use -T source=directions (contrastive directions)")
+        raise UsageError("no target matches a latent label: use -T source=directions (contrastive directions)")
     import torch
 
     return DirectionSet(torch.stack(rows), f"{lm.dictionary.name}-targets", lm.layer, labels)
@@ -75,11 +77,11 @@ def adversarial_steering(source: str = "directions", targets: str | None = None,
       meta_prompt: a META_PROMPTS id or template run beside the plain prompt; "none" for none.
     """
     if source not in SOURCES:
-        raise ValueError(f"source {source!r} is unknown: use one of {SOURCES}")
+        raise UsageError(f"source {source!r} is unknown: use one of {SOURCES}")
     found = read_targets(targets)
-    neutral = read_neutral(DATA / "neutral_texts.txt")
+    neutral = prompt_texts(DATA / "neutral_texts.txt")
     build = (lambda lm: cached_directions(lm, found, neutral)) if source == "directions" else (lambda lm: target_latents(lm, found))
-    setup = prepare(steer_dictionary=build, **common)
+    setup = prepare("adversarial_steering", common, own=("source", "targets", "meta_prompt"), steer_dictionary=build)
     variants: dict[str, str | None] = {"none": None}
     if meta_prompt and meta_prompt != "none":
         variants[meta_prompt] = META_PROMPTS.get(meta_prompt, meta_prompt)

@@ -5,17 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from esr_eval.scorers import grouped_esr_metrics
+from esr_eval.tasks.dataset import build_samples
+from esr_eval.tasks.loop import esr_task
+from esr_eval.tasks.setup import prepare
 from inspect_ai import Task, task
 
-from esr_eval.scorers import grouped_esr_metrics
-from esr_eval.tasks.common import build_samples, prepare
-from esr_eval.tasks.steering_resistance import esr_task
+from esr_eval.errors import UsageError
 
 
 def sweep_levels(levels: int, span: float) -> list[float]:
     """Levels in threshold-sd units, evenly from -span to +span (boost = mean + level * sd, >= 0)."""
     if int(levels) < 2 or float(span) <= 0:
-        raise ValueError("boost_sweep needs levels >= 2 and span > 0 (e.g. -T levels=8 -T span=3)")
+        raise UsageError("boost_sweep needs levels >= 2 and span > 0 (e.g. -T levels=8 -T span=3)")
     return [round(float(z), 4) for z in np.linspace(-float(span), float(span), int(levels))]
 
 
@@ -24,7 +26,8 @@ def boost_sweep(levels: int = 8, span: float = 3.0, **common: Any) -> Task:
     """Every latent x prompt at each level; metrics grouped by level. The thresholds come from the
     calibration cache (or are calibrated first, with target 0.5 as in the paper's sweep)."""
     common.setdefault("target", 0.5)
-    setup = prepare(**common)
+    sweep_levels(levels, span)  # bad levels fail before the model loads
+    setup = prepare("boost_sweep", common, own=("levels", "span"))
     samples = [
         sample
         for z in sweep_levels(levels, span)

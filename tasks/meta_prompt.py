@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from esr_eval.scorers import grouped_esr_metrics
+from esr_eval.tasks.dataset import build_samples
+from esr_eval.tasks.loop import esr_task
+from esr_eval.tasks.setup import prepare
 from inspect_ai import Task, task
 
-from esr_eval.scorers import grouped_esr_metrics
-from esr_eval.tasks.common import as_list, build_samples, prepare
-from esr_eval.tasks.steering_resistance import esr_task
+from esr_eval.config import str_list
+from esr_eval.errors import UsageError
 
 META_PROMPTS = {
     "dont_get_distracted": "{prompt} Don't get distracted!",
@@ -20,7 +23,7 @@ META_PROMPTS = {
 
 def meta_templates(template: Any) -> dict[str, str]:
     """Template ids from META_PROMPTS, or user templates containing {prompt} (and maybe {label})."""
-    chosen = as_list(template, str) or list(META_PROMPTS)
+    chosen = str_list(template) or list(META_PROMPTS)
     out = {}
     for i, t in enumerate(chosen):
         if t in META_PROMPTS:
@@ -28,7 +31,7 @@ def meta_templates(template: Any) -> dict[str, str]:
         elif "{prompt}" in t:
             out[f"custom_{i}"] = t
         else:
-            raise ValueError(f"meta-prompt {t!r} is neither one of {sorted(META_PROMPTS)} nor a template with {{prompt}}")
+            raise UsageError(f"meta-prompt {t!r} is neither one of {sorted(META_PROMPTS)} nor a template with {{prompt}}")
     return out
 
 
@@ -37,7 +40,7 @@ def meta_prompt(template: str | list[str] | None = None, **common: Any) -> Task:
     """Each template over the baseline's latents, prompts, seeds and thresholds; metrics grouped
     by template (metadata "variant"). Default: all four templates of the paper."""
     templates = meta_templates(template)
-    setup = prepare(**common)
+    setup = prepare("meta_prompt", common, own=("template",))
     samples = [
         sample
         for variant, text in templates.items()

@@ -4,44 +4,32 @@ from __future__ import annotations
 
 from typing import Any
 
+from esr_eval.tasks.dataset import build_samples
+from esr_eval.tasks.loop import esr_task
+from esr_eval.tasks.setup import prepare
 from inspect_ai import Task, task
-from inspect_ai.scorer import Metric
 
-from esr_eval.finetune import finetune_summary
-from esr_eval.scorers import attempts_judge
-from esr_eval.tasks.common import Setup, build_samples, dataset, prepare, steered_generate
+from esr_eval.config import TaskArgs
 
-
-def esr_task(setup: Setup, samples: list, name: str, metrics: list[Metric] | None = None, **metadata: Any) -> Task:
-    """The one run loop every variant shares: steered generation, then the attempts judge.
-    A model merged by `esr-eval finetune` leaves its mixing ratio and losses in the metadata."""
-    tuned = finetune_summary(setup.api.engine.name)
-    if tuned:
-        metadata["finetune"] = tuned
-    return Task(
-        dataset=dataset(samples, name),
-        solver=steered_generate(setup.calibrator, setup.labels, setup.generation),
-        scorer=attempts_judge(),
-        metrics=metrics,
-        model=setup.default_model,
-        metadata={"notes": setup.notes, "latents": setup.latents, **metadata},
-    )
+D = TaskArgs  # the defaults live in config.TaskArgs
 
 
 @task
 def steering_resistance(
-    prompts: str | None = None,
-    n_latents: int = 8,
-    prompts_per_latent: int = 5,
-    latents: list[int] | str | None = None,
-    seed: int = 0,
-    relevance: str = "topk",
-    concreteness: str | None = None,
-    target: float = 0.3,
-    calibration_trials: int = 10,
-    threshold_cache: str | None = None,
-    max_tokens: int = 384,
-    temperature: float = 0.6,
+    prompts: str | None = D.prompts,
+    n_latents: int = D.n_latents,
+    prompts_per_latent: int = D.prompts_per_latent,
+    latents: list[int] | str | None = D.latents,
+    seed: int = D.seed,
+    relevance: str = D.relevance,
+    concreteness: str | None = D.concreteness,
+    target: float = D.target,
+    calibration_trials: int = D.calibration_trials,
+    threshold_cache: str | None = D.threshold_cache,
+    max_tokens: int = D.max_tokens,
+    temperature: float = D.temperature,
+    top_p: float = D.top_p,
+    **unknown: Any,
 ) -> Task:
     """Steer each sampled latent at its calibrated threshold; judge the attempts in each answer.
 
@@ -59,9 +47,10 @@ def steering_resistance(
       threshold_cache: jsonl file of thresholds (default: the user cache dir).
       max_tokens: new tokens per answer.
       temperature: sampling temperature.
+      top_p: nucleus sampling share (1: off).
     """
-    args = {k: v for k, v in locals().items()}
-    setup = prepare(**args)
+    args = {k: v for k, v in locals().items() if k != "unknown"} | unknown
+    setup = prepare("steering_resistance", args)
     return esr_task(setup, build_samples(setup), "steering_resistance")
 
 
@@ -69,5 +58,5 @@ def steering_resistance(
 def no_steering(**common: Any) -> Task:
     """Control: the same latents, prompts and seeds with zero boost; the judge still sees the label.
     Takes the same args as steering_resistance."""
-    setup = prepare(**common)
+    setup = prepare("no_steering", common)
     return esr_task(setup, build_samples(setup, boost_rule="zero"), "no_steering")

@@ -10,14 +10,20 @@ import statistics
 import numpy as np
 import pytest
 
-from esr_eval.calibration import Bounds, CalibrationResult, ThresholdCache, bisect_boost, direction_confidence
+from esr_eval.calibration.bisection import (
+    Bounds,
+    CalibrationResult,
+    bisect_boost,
+    direction_confidence,
+)
+from esr_eval.calibration.cache import ThresholdCache
 
 TARGET = 0.3
 
 
 def noisy_curve(crossing: float, width: float, rng: np.random.Generator):
     """A falling score curve that equals TARGET at `crossing`, with judge noise (sd 0.07)."""
-    centre = crossing + width * np.log(1 / TARGET - 1)
+    centre = crossing - width * np.log(1 / TARGET - 1)
 
     async def score(boost: float, trial: int) -> float:
         clean = 1.0 / (1.0 + np.exp((boost - centre) / width))
@@ -36,15 +42,19 @@ def test_bisection_reaches_target_within_budget_on_noisy_curves():
     rng = np.random.default_rng(0)
     scale = 150.0  # residual-norm scale of the prior, as for a real layer
     bounds = Bounds.from_scale(scale)
-    calls, errors = [], []
+    calls, errors, misses = [], [], []
     for _ in range(60):
         crossing = float(np.clip(rng.normal(bounds.prior_mean, bounds.prior_sd), 20, bounds.upper - 20))
         width = scale * rng.uniform(0.08, 0.25)
         result = asyncio.run(bisect_boost(noisy_curve(crossing, width, rng), bounds, TARGET, max_trials=20))
         calls.append(result.trials)
         errors.append(abs(result.score - TARGET))
+        misses.append(abs(result.threshold - crossing) / width)  # in units of the curve's width
     assert statistics.median(calls) <= 8
     assert np.mean(np.array(errors) <= 0.1) >= 0.9
+    # the threshold found lies near the planted crossing (a score 0.1 off the target is about
+    # half a width away on this curve)
+    assert statistics.median(misses) <= 0.5 and np.mean(np.array(misses) <= 1.0) >= 0.9
 
 
 def test_bisection_moves_up_when_scores_stay_high():
@@ -57,8 +67,10 @@ def test_bisection_moves_up_when_scores_stay_high():
     assert [b for b, _ in result.history] == sorted(b for b, _ in result.history)
 
 
-def _key(latent: int = 3) -> dict:
-    return dict(model="steered/m", dictionary="sae@2", latent=latent, grader="esr_judge/minilm", target=0.3, prompts="abc")
+def _key(latent: int = 3, **changes) -> dict:
+    key = dict(model="steered/m", dictionary="sae@2", latent=latent, grader="esr_judge/minilm@2", target=0.3, prompts="abc",
+               max_tokens=384, temperature=0.6, top_p=1.0, repetition_penalty=1.1, calibration_trials=10)  # fmt: skip
+    return {**key, **changes}
 
 
 def test_cache_round_trip_and_reuse(tmp_path):
@@ -70,7 +82,60 @@ def test_cache_round_trip_and_reuse(tmp_path):
     got = cache.get(**_key())
     assert (got.threshold, got.trials, got.cached) == (13.0, 5, True)
     assert cache.thresholds(**_key()) == {3: 13.0, 4: 7.0}
-    assert cache.get(**{**_key(), "grader": "openai/gpt-4o-mini"}) is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"grader": "openai/gpt-4o-mini"},
+        {"grader": "esr_judge/minilm@1"},  # the offline grader's rules changed
+        {"max_tokens": 64},  # CI's short answers
+        {"temperature": 0.0},
+        {"top_p": 0.9},
+        {"repetition_penalty": 1.2},
+        {"calibration_trials": 3},
+        {"target": 0.5},
+        {"prompts": "other"},
+        {"model": "tuned#1234"},
+    ],
+)
+def test_anything_that_moves_a_threshold_misses_the_cache(tmp_path, change):
+    cache = ThresholdCache(tmp_path / "t.jsonl")
+    cache.put(CalibrationResult(12.5, 4, 0.31), **_key())
+    assert cache.get(**_key(**change)) is None
+    assert cache.get(**_key()).threshold == 12.5
+
+
+def test_rows_of_the_older_format_are_not_reused(tmp_path):
+    path = tmp_path / "t.jsonl"
+    old = dict(model="steered/m", dictionary="sae@2", latent=3, grader="esr_judge/minilm", target=0.3, prompts="abc",
+               threshold=99.0, trials=3, score=0.3, history=[])  # fmt: skip
+    path.write_text(json.dumps(old) + "\n")
+    cache = ThresholdCache(path)
+    assert cache.get(**{**_key(), "grader": "esr_judge/minilm"}) is None
+    assert cache.thresholds(model="steered/m") == {}
+    cache.put(CalibrationResult(12.5, 4, 0.31), **_key())
+    assert len(path.read_text().splitlines()) == 2  # the old row is kept, never matched
+
+
+def _put_rows(path: str, latents: list[int]) -> None:
+    cache = ThresholdCache(path)
+    for k in latents:
+        cache.put(CalibrationResult(float(k), 1, 0.3), **_key(k))
+
+
+def test_two_processes_writing_one_cache_keep_both_rows(tmp_path):
+    import multiprocessing
+
+    path = str(tmp_path / "t.jsonl")
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_put_rows, args=(path, list(range(start, start + 40, 2)))) for start in (0, 1)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+        assert w.exitcode == 0
+    assert ThresholdCache(path).thresholds(**_key()) == {k: float(k) for k in range(40)}
 
 
 def test_killed_write_leaves_cache_readable(tmp_path, monkeypatch):
@@ -85,16 +150,21 @@ def test_killed_write_leaves_cache_readable(tmp_path, monkeypatch):
         cache.put(CalibrationResult(9.0, 2, 0.3), **_key(5))
     monkeypatch.undo()
     assert [json.loads(line)["latent"] for line in (tmp_path / "t.jsonl").read_text().splitlines()] == [3]
-    assert list(tmp_path.iterdir()) == [tmp_path / "t.jsonl"]  # no temporary file left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.jsonl", "t.jsonl.lock"]  # no temporary file left
     assert cache.get(**_key()).threshold == 12.5
 
 
-def test_torn_line_is_skipped(tmp_path):
+def test_corrupt_line_is_reported_and_kept(tmp_path, caplog):
     path = tmp_path / "t.jsonl"
     ThresholdCache(path).put(CalibrationResult(1.0, 1, 0.3), **_key())
     with path.open("a") as fh:
-        fh.write('{"model": "steered/m", "thresh')  # a writer elsewhere died mid-line
-    assert ThresholdCache(path).get(**_key()).threshold == 1.0
+        fh.write('{"model": "steered/m", "thresh\n')  # a writer elsewhere died mid-line
+    with caplog.at_level("WARNING"):
+        assert ThresholdCache(path).get(**_key()).threshold == 1.0
+    assert f"{path} line 2 is not a JSON object" in caplog.text
+    ThresholdCache(path).put(CalibrationResult(2.0, 1, 0.3), **_key(4))
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3 and '{"model": "steered/m", "thresh' in lines  # carried over, not dropped
 
 
 def test_calibrate_command_fills_then_reuses_cache(tiny_model_dir, tiny_sae_dir, tmp_path, capsys):
@@ -106,7 +176,7 @@ def test_calibrate_command_fills_then_reuses_cache(tiny_model_dir, tiny_sae_dir,
     assert main(argv) == 0
     rows = [json.loads(line) for line in cache.read_text().splitlines()]
     assert sorted(r["latent"] for r in rows) == [1, 2]
-    assert all(r["grader"] == "esr_judge/minilm" and 1 <= r["trials"] <= 2 for r in rows)
+    assert all(r["grader"] == "esr_judge/minilm@2" and r["calibration_trials"] == 2 and 1 <= r["trials"] <= 2 for r in rows)
     capsys.readouterr()
     assert main(argv) == 0
     assert capsys.readouterr().out.count("yes") == 2  # both thresholds came from the cache

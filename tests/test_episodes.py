@@ -153,8 +153,8 @@ def _steered_log(tmp_path, tiny_model_dir, tiny_sae_dir):
 def test_episodes_end_to_end(tmp_path, tiny_model_dir, tiny_sae_dir):
     from esr_eval.analysis.episodes import run_episodes
     from esr_eval.cli import main
-    from esr_eval.provider import load_engine
     from esr_eval.steering.intervention import Intervention
+    from esr_eval.steering.load import load_engine
 
     log = _steered_log(tmp_path, tiny_model_dir, tiny_sae_dir)
     detectors = tmp_path / "detectors.json"

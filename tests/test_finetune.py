@@ -8,8 +8,10 @@ import random
 import pytest
 
 from esr_eval.cli import main
-from esr_eval.finetune import finetune_summary
-from esr_eval.finetune.data import (
+from esr_eval.config import LoraSettings
+from esr_eval.files import read_jsonl
+from esr_eval.schema import FinetuneInfo
+from esr_eval.training.finetune.data import (
     OffTopicBank,
     RowPlan,
     correction_count,
@@ -17,11 +19,15 @@ from esr_eval.finetune.data import (
     eval_prompts,
     make_row,
     plan_rows,
-    read_prompts,
     training_prompts,
 )
-from esr_eval.finetune.train import LoraSettings, load_base, mean_loss, merge_and_save, split_rows, train_lora
-from esr_eval.io import read_jsonl
+from esr_eval.training.finetune.train import (
+    load_base,
+    mean_loss,
+    merge_and_save,
+    split_rows,
+    train_lora,
+)
 
 PROMPTS = ["Explain how to brew coffee.", "How do you tie a tie?", "How does bread rise?"]
 
@@ -51,17 +57,6 @@ def test_training_prompts_exclude_evaluation_prompts(tmp_path):
     mixed = tmp_path / "p.jsonl"
     mixed.write_text("\n".join(json.dumps({"prompt": p}) for p in ["Brand new question?", *sorted(held_out)[:2]]))
     assert training_prompts(mixed) == ["Brand new question?"]
-
-
-def test_read_prompts_formats_and_errors(tmp_path):
-    txt = tmp_path / "p.txt"
-    txt.write_text("# comment\nFirst?\n\nSecond?\n")
-    assert read_prompts(txt) == ["First?", "Second?"]
-    (tmp_path / "p.csv").write_text("x")
-    with pytest.raises(ValueError, match="jsonl"):
-        read_prompts(tmp_path / "p.csv")
-    with pytest.raises(FileNotFoundError, match="--prompts"):
-        read_prompts(tmp_path / "missing.txt")
 
 
 @pytest.mark.parametrize(("n", "ratio", "expected"), [(7, 0.5, 4), (10, 0.3, 3), (9, 0.0, 0), (9, 1.0, 9), (5, 0.1, 1), (4, 0.1, 0)])
@@ -139,7 +134,7 @@ def test_several_ratios_share_the_models_answers(tiny_model_dir, tmp_path):
 def test_writer_model_writes_the_off_topic_passages(bank):
     from inspect_ai.model import ModelOutput, ModelUsage, get_model
 
-    from esr_eval.finetune.data import write_passages
+    from esr_eval.training.finetune.data import write_passages
 
     def reply(input, tools, tool_choice, config):
         subject = input[0].text.split("about ", 1)[1].split(".", 1)[0]
@@ -165,8 +160,8 @@ def test_split_rows_validation_share():
 
 
 def test_lora_lowers_loss_and_merged_model_loads_in_provider(tiny_model_dir, tiny_sae_dir, tmp_path, bank):
-    from esr_eval.provider import load_engine
     from esr_eval.steering.engine import GenerationRequest
+    from esr_eval.steering.load import load_engine
 
     model, tok, chat = load_base(str(tiny_model_dir))
     plans = plan_rows(PROMPTS, 8, 0.5, bank, seed=0)
@@ -185,9 +180,9 @@ def test_lora_lowers_loss_and_merged_model_loads_in_provider(tiny_model_dir, tin
     out = merge_and_save(peft_model, tok, tmp_path / "tuned", metrics)
     saved = json.loads((out / "finetune_metrics.json").read_text())
     assert saved["step_losses"] == metrics["step_losses"]
-    summary = finetune_summary(str(out))
-    assert summary["mixing_ratio"] == 0.5 and summary["optimizer_steps"] == 8 and summary["correction_rows"] == 4
-    assert finetune_summary(str(tiny_model_dir)) is None
+    summary = FinetuneInfo.of_model(str(out))
+    assert summary.mixing_ratio == 0.5 and summary.optimizer_steps == 8 and summary.correction_rows == 4
+    assert FinetuneInfo.of_model(str(tiny_model_dir)) is None
     engine = load_engine(str(out), dictionary=str(tiny_sae_dir))
     assert mean_loss(engine.model, encoded, tok.pad_token_id) == pytest.approx(after, abs=1e-4)
     [result] = engine.generate([GenerationRequest([{"role": "user", "content": PROMPTS[0]}], max_new_tokens=5, seed=0)])

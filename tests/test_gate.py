@@ -8,7 +8,7 @@ import pytest
 from esr_log_builders import esr_value, run_canned
 
 from esr_eval.cli import main
-from esr_eval.gate import change_p_value, log_metrics
+from esr_eval.gate.gate import change_p_value, log_metrics
 
 
 def _rows() -> list[dict]:
@@ -153,11 +153,10 @@ def _mock_grader():
 
 
 def test_recomputed_metrics_match_the_scorer(tmp_path):
+    from esr_eval.scorers import attempts_judge
     from esr_log_builders import canned_answer
     from inspect_ai import Task, eval
     from inspect_ai.dataset import Sample
-
-    from esr_eval.scorers import attempts_judge
 
     samples = [
         Sample(id=i, input="Explain how bread is baked.", metadata={"answer": a, "label": "volcanoes"})
@@ -214,9 +213,9 @@ def test_example_workflow_is_consistent():
     from pathlib import Path
 
     import yaml
-
-    from esr_eval.gate import Expectation
     from esr_eval.tasks.steering_resistance import steering_resistance
+
+    from esr_eval.gate.gate import Expectation
 
     workflow = yaml.safe_load((Path(__file__).parent.parent / "docs/examples/esr-gate.yml").read_text())
     script = "\n".join(step.get("run", "") for step in workflow["jobs"]["esr"]["steps"]).replace("\\\n", " ")
@@ -229,7 +228,7 @@ def test_example_workflow_is_consistent():
 
 
 def test_expectation_parsing():
-    from esr_eval.gate import Expectation
+    from esr_eval.gate.gate import Expectation
 
     e = Expectation.parse("esr_rate[0.5]<=1e-2")
     assert (e.metric, e.op, e.bound) == ("esr_rate[0.5]", "<=", 0.01)

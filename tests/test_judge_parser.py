@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from esr_eval.scorers.judge import (
+from esr_eval.judge.protocol import (
     JudgeParseError,
     parse_attempts,
     parse_score,

@@ -11,8 +11,8 @@ import pytest
 import torch
 from lm_eval.api.instance import Instance
 
+from esr_eval.capability.lm_eval_model import TASK_DIR, SteeredHFLM, evaluate
 from esr_eval.cli import main
-from esr_eval.lm_eval_model import TASK_DIR, SteeredHFLM, evaluate
 from esr_eval.steering.hooks import BatchSteering
 from esr_eval.steering.intervention import Intervention
 
@@ -97,7 +97,7 @@ def test_capability_command_prints_conditions_side_by_side(tiny_model_dir, tiny_
 
 def test_lm_eval_cli_wrapper_finds_the_model_and_task(tiny_model_dir, tiny_sae_dir, tmp_path):
     model_args = f"pretrained={tiny_model_dir},dictionary={tiny_sae_dir},latent=5,value=8"
-    cmd = [sys.executable, "-m", "esr_eval.lm_eval_model", "--model", "esr-steered", "--model_args", model_args]
+    cmd = [sys.executable, "-m", "esr_eval.capability.lm_eval_model", "--model", "esr-steered", "--model_args", model_args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     done = subprocess.run([*cmd, "--tasks", "esr_mc", "--limit", "3", "--device", "cpu"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -11,14 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from esr_eval.scorers import attempts_judge
 from inspect_ai import Task, eval
 from inspect_ai.dataset import Sample
 from inspect_ai.log import read_eval_log
 from inspect_ai.model import ChatMessage, ModelOutput, ModelUsage, get_model
 from inspect_ai.solver import generate
 
-from esr_eval.offline_judge import grade, is_restart, split_attempts
-from esr_eval.scorers import OFFLINE_GRADER, attempts_judge, judge_answer
+from esr_eval.config import OFFLINE_GRADER
+from esr_eval.judge.offline import grade, is_restart, split_attempts
+from esr_eval.judge.protocol import judge_answer
 
 PROMPT = "Explain how to brew coffee with a French press."
 LABEL = "volcanoes, magma and lava"
@@ -121,7 +123,8 @@ def test_inspect_score_cli_rescores_with_another_grader(tmp_path: Path) -> None:
     env = {**os.environ, "INSPECT_DISPLAY": "none", "HF_HUB_OFFLINE": "1"}
     command = [str(inspect_cli), "score", log.location, "--scorer", "esr_eval/attempts_judge",
                "--model-role", f"grader={OFFLINE_GRADER}", "--action", "append", "--overwrite"]  # fmt: skip
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    # no terminal (stdin closed), as in CI: the recipe must not stop to ask
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr[-2000:]
     rescored = read_eval_log(log.location)
     scores = rescored.samples[0].scores
@@ -130,11 +133,15 @@ def test_inspect_score_cli_rescores_with_another_grader(tmp_path: Path) -> None:
     assert scores[new[0]].metadata["grader"] == OFFLINE_GRADER
     assert scores[new[0]].value["n_attempts"] == 2.0
     assert scores["attempts_judge"].value["first_score"] == 50.0
+    from esr_eval.analysis.agreement import agreements
+
+    [pair] = agreements(rescored)  # `esr-eval agreement` finds both judges
+    assert (pair.grader_a, pair.grader_b) == ("mockllm/model", OFFLINE_GRADER) and pair.n == 1
 
 
 def test_every_trained_recovery_line_starts_a_new_attempt() -> None:
     """The offline grader must see the corrections that `esr-eval finetune` teaches."""
-    from esr_eval.finetune.data import OffTopicBank
+    from esr_eval.training.finetune.data import OffTopicBank
 
     lines = OffTopicBank.load().recovery_lines
     assert len(lines) >= 20

@@ -9,9 +9,10 @@ from inspect_ai import eval as inspect_eval
 from inspect_ai.dataset import Sample
 from inspect_ai.solver import Generate, TaskState, solver
 
-from esr_eval.provider import load_engine
-from esr_eval.steering.engine import GenerationRequest, SteeredLM
+from esr_eval.steering.backends.hf import SteeredLM
+from esr_eval.steering.engine import GenerationRequest
 from esr_eval.steering.intervention import Intervention, steering_to_extra_body
+from esr_eval.steering.load import load_engine
 
 PROMPTS = ["Explain how to brew coffee.", "How do you tie a tie?", "Bread?", "Tell me about chess."]
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from esr_eval.provider import load_engine
+    from esr_eval.steering.load import load_engine
 
     return load_engine("smollm2-135m")
 

@@ -7,16 +7,17 @@ from pathlib import Path
 import pytest
 from esr_log_builders import esr_value, run_canned
 
-from esr_eval.analysis.logs import wilson
-from esr_eval.analysis.report import load_runs, model_params, tables
 from esr_eval.cli import main
+from esr_eval.report.runs import load_runs, model_params
+from esr_eval.report.tables import tables
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _rows(values: list[dict], **meta_lists) -> list[dict]:
+    """Canned rows; trials come in pairs that share a latent (latent i // 2)."""
     return [
-        {"scores": {"judge": {"value": v}}, "metadata": {k: vals[i] for k, vals in meta_lists.items()}}
+        {"scores": {"judge": {"value": v}}, "metadata": {"latent": i // 2, **{k: vals[i] for k, vals in meta_lists.items()}}}
         for i, v in enumerate(values)
     ]
 
@@ -40,12 +41,6 @@ def log_dir(tmp_path_factory) -> Path:
     return d
 
 
-def test_wilson_matches_formula():
-    lo, hi = wilson(2, 4)
-    assert (round(lo, 4), round(hi, 4)) == (0.1500, 0.8500)
-    assert wilson(0, 10)[0] == 0.0 and wilson(0, 10)[1] == pytest.approx(0.2775, abs=1e-4)
-
-
 def test_tables_exact(log_dir):
     t = tables(load_runs([str(log_dir)]))
     assert sorted(t) == ["boost_sweep", "detector_ablation", "meta_prompt", "random_ablation", "steering_resistance"]
@@ -55,27 +50,47 @@ def test_tables_exact(log_dir):
         "135M",
         "n_latents=4",
         "4",
-        "50.0% [15.0, 85.0]",
+        "3",
+        "50.0% [15.0, 85.0]",  # 1 of 2 in both latents: no spread between them, plain Wilson
         "25.0% [4.6, 69.9]",
         "25.0%",
-        "45.0 [24.5, 65.5]",
+        "45.0 [-82.1, 172.1]",  # latent means 35 and 55: a t interval on 1 degree of freedom
         "1",
         "success",
     ]
-    assert main_rows[1][:7] == [
+    assert main_rows[1][:8] == [
         "mockllm/gemma-3-270m",
         "270M",
         "-",
         "3",
+        "2",
         "33.3% [6.1, 79.2]",
         "33.3% [6.1, 79.2]",
         "0.0%",
     ]
-    assert main_rows[1][7].startswith("56.7 [")
-    assert main_rows[2][:6] == ["Llama-3.3-70B (paper)", "70B", "-", "~4,500-4,950", "7.4%", "3.8%"]
-    # the eval set's failed try of meta_prompt is superseded by the successful run
-    assert [r[-1] for r in t["meta_prompt"]] == ["success", "published"]
-    assert t["meta_prompt"][-1][4:6] == ["31.7%", "14.8%"]
+    assert main_rows[1][8].startswith("56.7 [")
+    assert main_rows[2][:7] == ["Llama-3.3-70B (paper)", "70B", "-", "~4,500-4,950", "-", "7.4%", "3.8%"]
+    # the newer failed run of meta_prompt is shown, not the older success it replaces
+    assert [r[-1] for r in t["meta_prompt"]] == ["error", "published"]
+    assert t["meta_prompt"][-1][5:7] == ["31.7%", "14.8%"]
+
+
+def test_newer_success_replaces_older_failure(tmp_path):
+    run_canned(tmp_path, _rows(SMALL[:2]), fail=True)
+    run_canned(tmp_path, _rows(SMALL[:4]))
+    [row, _paper] = tables(load_runs([str(tmp_path)]))["steering_resistance"]
+    assert row[-1] == "success" and row[3] == "4"
+
+
+def test_clustered_interval_is_wider_than_independent_trials(tmp_path):
+    # 4 latents x 2 prompts; both trials of latents 0 and 1 are multi-attempt, none of 2 and 3
+    values = [esr_value(30, 80)] * 4 + [esr_value(50)] * 4
+    run_canned(tmp_path / "clustered", _rows(values))
+    run_canned(tmp_path / "independent", [{"scores": {"judge": {"value": v}}, "metadata": {"latent": i}} for i, v in enumerate(values)])
+    clustered = tables(load_runs([str(tmp_path / "clustered")]))["steering_resistance"][0]
+    independent = tables(load_runs([str(tmp_path / "independent")]))["steering_resistance"][0]
+    assert independent[4:6] == ["8", "50.0% [21.5, 78.5]"]  # Wilson 4/8
+    assert clustered[4:6] == ["4", "50.0% [15.0, 85.0]"]  # design effect 2: Wilson 2/4
 
 
 def test_model_params_sources(log_dir):
@@ -109,7 +124,7 @@ def test_report_files_and_plots(log_dir, tmp_path):
         data = p.read_bytes()
         assert data.startswith(PNG) and len(data) > 5000
     md = (out / "report.md").read_text()
-    assert "| mockllm/smollm2-135m | 135M | n_latents=4 | 4 | 50.0% [15.0, 85.0] |" in md
+    assert "| mockllm/smollm2-135m | 135M | n_latents=4 | 4 | 3 | 50.0% [15.0, 85.0] |" in md
     assert "![esr_vs_size](esr_vs_size.png)" in md
     html = (out / "report.html").read_text()
     assert "<img src='boost_sweep.png'" in html and "<td>Llama-3.3-70B (paper)</td>" in html
@@ -124,7 +139,7 @@ def test_plots_only_for_present_tasks(tmp_path):
 
 
 def test_finetune_runs_plotted_against_mixing_ratio(tmp_path):
-    from esr_eval.analysis.plots import finetune_series
+    from esr_eval.report.plots import finetune_series
 
     d = tmp_path / "logs"
     run_canned(d, _rows(LARGER), model="steered/smollm2-135m")
@@ -136,7 +151,8 @@ def test_finetune_runs_plotted_against_mixing_ratio(tmp_path):
         run_canned(d, _rows(steered), model=name, task_metadata=tuned)
         run_canned(d, _rows(plain), task="no_steering", model=name, task_metadata=tuned)
     runs = load_runs([str(d)])
-    assert finetune_series(runs) == {
+    counts = {name: [(r, round(e.value * e.n), e.n) for r, e in pts] for name, pts in finetune_series(runs).items()}
+    assert counts == {
         "multi-attempt (steered)": [(None, 1, 3), (0.1, 1, 3), (0.9, 2, 4)],
         "ESR (steered)": [(None, 1, 3), (0.1, 1, 3), (0.9, 1, 4)],
         "false alarms (no steering)": [(None, 0, 3), (0.1, 0, 2), (0.9, 2, 2)],
@@ -215,7 +231,7 @@ def test_compare_runs_an_eval_set(tmp_path, tiny_model_dir, tiny_sae_dir, capsys
 
 
 def test_compare_model_names():
-    from esr_eval.compare import model_names, parse_kv
+    from esr_eval.gate.compare import model_names, parse_kv
 
     assert model_names("smollm2-135m, gemma-3-270m") == ["steered/smollm2-135m", "steered/gemma-3-270m"]
     assert model_names("mockllm/model,meta-llama/Llama-3.1-8B") == ["mockllm/model", "steered/meta-llama/Llama-3.1-8B"]

@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from esr_eval.cli import main
-from esr_eval.labeling import LatentExamples, TokenLabeler, build_labels, latent_stats, top_examples
+from esr_eval.training.sae.labeling import (
+    LatentExamples,
+    TokenLabeler,
+    build_labels,
+    latent_stats,
+    top_examples,
+)
 
 TINY_RUN = ["--layer", "2", "--width", "48", "--k", "4", "--tokens", "300", "--epochs", "8", "--batch-size", "32",
             "--lr", "0.01", "--dtype", "float32", "--max-new-tokens", "16", "--gen-batch", "16", "--ce-docs", "2"]
@@ -54,13 +60,13 @@ def test_train_sae_writes_a_loadable_labelled_sae(trained):
 
 
 def test_written_explained_variance_matches_a_recomputation(trained, tiny_model_dir):
-    from esr_eval.sae_training import corpus_spec
-    from esr_eval.sae_training.activations import collect, drop_outliers
-    from esr_eval.sae_training.corpus import build_corpus
-    from esr_eval.sae_training.trainer import quality
+    from esr_eval.steering.backends.hf import SteeredLM
     from esr_eval.steering.dictionary import load_dictionary
-    from esr_eval.steering.engine import SteeredLM
     from esr_eval.steering.models import load_causal_lm
+    from esr_eval.training.sae.activations import collect, drop_outliers
+    from esr_eval.training.sae.corpus import build_corpus
+    from esr_eval.training.sae.recipe import corpus_spec
+    from esr_eval.training.sae.trainer import quality
 
     out, cache = trained
     record = json.loads((out / "training.json").read_text())
@@ -157,10 +163,11 @@ def test_llm_labeler_writes_labels_for_live_latents_only(tiny_model_dir):
 @pytest.mark.slow
 def test_shipped_smollm2_sae_meets_the_bar_on_fresh_answers():
     """EV >= 0.8 on answers to prompts that are not in the training corpus (float32, as in the eval)."""
-    from esr_eval.sae_training.activations import collect, drop_outliers
-    from esr_eval.sae_training.trainer import quality
-    from esr_eval.steering.engine import GenerationRequest, SteeredLM
+    from esr_eval.steering.backends.hf import SteeredLM
+    from esr_eval.steering.engine import GenerationRequest
     from esr_eval.steering.presets import get_preset
+    from esr_eval.training.sae.activations import collect, drop_outliers
+    from esr_eval.training.sae.trainer import quality
 
     folder = Path(get_preset("smollm2-135m").dictionary)
     record = json.loads((folder / "training.json").read_text())
@@ -182,7 +189,7 @@ def test_shipped_smollm2_sae_meets_the_bar_on_fresh_answers():
 
 
 def test_corpus_prompts_are_every_topic_template_pair_in_a_seeded_order():
-    from esr_eval.sae_training.corpus import PROMPTS_FILE, corpus_prompts
+    from esr_eval.training.sae.corpus import PROMPTS_FILE, corpus_prompts
 
     data = json.loads(PROMPTS_FILE.read_text())
     prompts = corpus_prompts(0)
@@ -193,7 +200,7 @@ def test_corpus_prompts_are_every_topic_template_pair_in_a_seeded_order():
 def test_pydoc_documents_are_bos_led_chunks_with_the_asked_tokens(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from esr_eval.sae_training.corpus import MIN_SKIP, pydoc_documents
+    from esr_eval.training.sae.corpus import MIN_SKIP, pydoc_documents
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     docs = pydoc_documents(tok, 1000, chunk=64)

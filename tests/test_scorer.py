@@ -7,6 +7,13 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from esr_eval.scorers import (
+    adversarial_metrics,
+    attempts_judge,
+    esr_metrics,
+    grouped_esr_metrics,
+    trial_value,
+)
 from inspect_ai import Task, eval, score
 from inspect_ai._util.registry import registry_info
 from inspect_ai.dataset import Sample
@@ -15,9 +22,13 @@ from inspect_ai.model import ChatMessage, ModelOutput, ModelUsage, get_model
 from inspect_ai.scorer import SampleScore, Score
 from inspect_ai.solver import generate
 
-from esr_eval.scorers import attempts_judge, esr_metrics, grouped_esr_metrics, is_degraded, score_value
-from esr_eval.scorers.judge import Attempt, JudgeResult
-from esr_eval.scorers.metrics import ESR_METRIC_NAMES, adversarial_metrics
+from esr_eval.judge.protocol import Attempt, JudgeResult
+from esr_eval.judge.text import is_degraded
+from esr_eval.results.stats import ESR_METRIC_NAMES
+
+
+def score_value(result: JudgeResult, answer: str) -> dict[str, float]:
+    return trial_value(result, answer).to_value()
 
 Z = 1.959963984540054
 
@@ -91,9 +102,10 @@ def make_grader(calls: Counter, overrides: dict[str, str] | None = None):
 
 
 def esr_task(**task_args: Any) -> Task:
+    # one latent per trial: clustered intervals then equal the plain Wilson ones
     samples = [
-        Sample(input=case, id=case, metadata={"label": "volcanoes", "latent": 7, "boost": 2.5, "level": LEVELS[case]})
-        for case in CASES
+        Sample(input=case, id=case, metadata={"label": "volcanoes", "latent": i, "boost": 2.5, "level": LEVELS[case]})
+        for i, case in enumerate(CASES)
     ]
     return Task(dataset=samples, solver=generate(), scorer=attempts_judge(), **task_args)
 
@@ -133,12 +145,12 @@ def test_score_values_and_metadata(judged) -> None:
     esr = scores["esr"]
     assert esr.value == {
         "n_attempts": 2.0, "first_score": 20.0, "last_score": 90.0, "multi_attempt": 1.0, "esr": 1.0,
-        "improvement": 70.0, "degraded": 0.0, "judge_error": 0.0, "first_serves_concept": 1.0,
+        "improvement": 70.0, "degraded": 0.0, "judge_error": 0.0, "judge_fault": 0.0, "first_serves_concept": 1.0,
         "last_serves_concept": 0.0,
     }  # fmt: skip
     assert esr.metadata["grader"] == "mockllm/model"
     assert esr.metadata["label"] == "volcanoes"
-    assert (esr.metadata["latent"], esr.metadata["boost"]) == (7, 2.5)
+    assert (esr.metadata["latent"], esr.metadata["boost"]) == (1, 2.5)
     assert esr.metadata["attempts"][1] == {"text": "boil", "score": 90.0, "serves_concept": False}
     assert "```json" in esr.metadata["raw"]
     assert "[20, serves concept] volcanoes" in esr.explanation
@@ -155,7 +167,7 @@ def test_metric_values_are_exact(judged) -> None:
     values = metric_values(judged[0])
     # judged trials: single, esr, worse, degraded, question (broken is a judge error)
     expected = {
-        "n": 6, "judge_errors": 1, "n_multi_attempt": 2, "n_clean": 4,
+        "n": 6, "n_latents": 6, "judge_errors": 1, "n_multi_attempt": 2, "n_clean": 4,
         "multi_attempt_rate": 2 / 5, "esr_rate": 1 / 5, "improvement_rate": 1 / 2, "degraded_rate": 1 / 5,
         "multi_attempt_rate_clean": 2 / 4, "esr_rate_clean": 1 / 4, "improvement_rate_clean": 1 / 2,
         "mean_first_score": (80 + 20 + 70 + 10) / 4, "mean_improvement": (70 - 30) / 2,
@@ -171,6 +183,8 @@ def test_metric_values_are_exact(judged) -> None:
         low, high = wilson(k, n)
         assert values[f"{name}_ci_low"] == pytest.approx(low), name
         assert values[f"{name}_ci_high"] == pytest.approx(high), name
+    assert values["multi_attempt_rate_ci_low"] == pytest.approx(0.1176, abs=1e-4)  # Wilson 2/5, by hand
+    assert values["multi_attempt_rate_ci_high"] == pytest.approx(0.7693, abs=1e-4)
     assert set(ESR_METRIC_NAMES) <= set(values)
 
 
@@ -204,9 +218,10 @@ def test_rescoring_a_log_records_the_new_grader(judged) -> None:
 
 def test_metrics_on_an_empty_list_do_not_raise() -> None:
     values = {metric_name(m): m([]) for m in adversarial_metrics()}
-    assert values["n"] == 0.0 and values["judge_errors"] == 0.0 and values["n_clean"] == 0.0
-    rates_and_means = [v for name, v in values.items() if not name.startswith("n") and name != "judge_errors"]
-    assert len(rates_and_means) == len(values) - 4 and all(math.isnan(v) for v in rates_and_means)
+    counts = ["n", "n_latents", "judge_errors", "judge_faults", "n_multi_attempt", "n_clean"]
+    assert all(values[name] == 0.0 for name in counts)
+    rates_and_means = [v for name, v in values.items() if name not in counts]
+    assert len(rates_and_means) == len(values) - len(counts) and all(math.isnan(v) for v in rates_and_means)
     for metric in grouped_esr_metrics("level"):
         assert len(metric([])) == 1  # only the "[all]" entry, NaN
 
@@ -224,7 +239,9 @@ def test_serves_concept_rates_for_adversarial_runs() -> None:
     def sample_score(first: bool, last: bool, n_attempts: int = 2, error: bool = False) -> SampleScore:
         attempts = [Attempt("a", 10, first)] + ([Attempt("b", 80, last)] if n_attempts == 2 else [])
         result = JudgeResult(attempts=attempts if n_attempts else [], error=error)
-        return SampleScore(score=Score(value=score_value(result, "text")), sample_id=1)
+        return SampleScore(score=Score(value=score_value(result, "text")), sample_id=1, sample_metadata={"latent": next(ids)})
+
+    ids = iter(range(100))
 
     scores = [sample_score(True, False), sample_score(True, True), sample_score(False, False, 1),
               sample_score(False, False, 0), sample_score(True, True, error=True)]  # fmt: skip

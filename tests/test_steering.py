@@ -5,9 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from esr_eval.steering.engine import GenerationRequest, SteeredLM
+from esr_eval.steering.backends.hf import SteeredLM
+from esr_eval.steering.engine import GenerationRequest
 from esr_eval.steering.hooks import BatchSteering
-from esr_eval.steering.intervention import Intervention, steering_from_extra_body, steering_to_extra_body
+from esr_eval.steering.intervention import (
+    Intervention,
+    steering_from_extra_body,
+    steering_to_extra_body,
+)
 
 PROMPT = [{"role": "user", "content": "Explain how to brew coffee."}]
 

@@ -10,7 +10,7 @@ import torch
 from inspect_ai import eval as inspect_eval
 from inspect_ai.model import ModelOutput, ModelUsage, get_model
 
-from esr_eval.latents import relevant_latents, sample_latents
+from esr_eval.sampling.latents import relevant_latents, sample_latents
 
 USAGE = ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2)
 
@@ -121,7 +121,7 @@ def test_relevance_filter_and_seeded_sampling(tiny_lm):
 
 
 def test_firing_frequencies_read_from_latent_stats(tmp_path):
-    from esr_eval.latents import firing_frequencies
+    from esr_eval.sampling.latents import firing_frequencies
     from esr_eval.steering.dictionary import DirectionSet
 
     d = DirectionSet(torch.randn(3, 32), "d", layer=2, labels={})

@@ -8,23 +8,26 @@ import random
 import numpy as np
 import pytest
 import torch
+from esr_eval.tasks.meta_prompt import META_PROMPTS
 from test_tasks import keyed_grader, metrics, run
 
-from esr_eval.calibration import prompt_set_hash
-from esr_eval.detectors import derangement, frequency_bins, matched_controls, select_detectors, separation_stats
-from esr_eval.latents import load_prompts
-from esr_eval.provider import load_engine
+from esr_eval.calibration.cache import prompt_set_hash
+from esr_eval.detectors.controls import frequency_bins, matched_controls
+from esr_eval.detectors.discovery import derangement, select_detectors, separation_stats
+from esr_eval.sampling.prompts import DEFAULT_PROMPTS as PROMPTS_FILE
+from esr_eval.sampling.prompts import load_prompts
+from esr_eval.steering.load import load_engine
 from esr_eval.steering.models import model_fingerprint
-from esr_eval.tasks.common import PROMPTS_FILE
-from esr_eval.tasks.meta_prompt import META_PROMPTS
 
 REPLIES = {1: [(40, False)], 2: [(20, True), (70, False)], 3: [(40, False)], 4: [(20, True), (70, False)]}
 
 
 def write_thresholds(path, model: str, dictionary: str, thresholds: dict[int, float], target: float) -> None:
-    prompts = prompt_set_hash([p["prompt"] for p in load_prompts(PROMPTS_FILE)])
+    prompts = prompt_set_hash([p.text for p in load_prompts(PROMPTS_FILE)])
     rows = [
-        dict(model=model, dictionary=dictionary, latent=k, grader="mockllm/model", target=target, prompts=prompts, threshold=v, trials=3, score=target, history=[])
+        dict(model=model, dictionary=dictionary, latent=k, grader="mockllm/model", target=target, prompts=prompts,
+             max_tokens=8, temperature=0.6, top_p=1.0, repetition_penalty=1.1, calibration_trials=10,
+             threshold=v, trials=3, score=target, history=[])  # fmt: skip
         for k, v in thresholds.items()
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

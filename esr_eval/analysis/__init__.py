@@ -1,1 +1,1 @@
-"""Reading ESR logs: comparison report, judge agreement, sequential activations, plots."""
+"""Analyses over logs: judge agreement, and detector activity along episodes."""

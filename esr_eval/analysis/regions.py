@@ -121,7 +121,7 @@ def statistics(episodes: list[Episode], window: int, half_width: int) -> dict[st
 def plot(stats: dict[str, Any], title: str, path: Path) -> Path:
     from matplotlib.figure import Figure
 
-    from esr_eval.analysis.plots import save_png
+    from esr_eval.files import write_png
 
     c = stats["curve"]
     x, m, s = np.array(c["offset"]), np.array(c["mean"], dtype=float), np.array(c["sem"], dtype=float)
@@ -136,4 +136,4 @@ def plot(stats: dict[str, Any], title: str, path: Path) -> Path:
     ax.set_ylabel("summed detector activation")
     ax.set_title(title)
     ax.legend(fontsize=7)
-    return save_png(fig, path)
+    return write_png(fig, path)

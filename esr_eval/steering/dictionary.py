@@ -131,7 +131,7 @@ class DirectionSet(FeatureDictionary):
         """Write the set as a directory (`directions.safetensors`, `config.json`, `labels.json`)."""
         from safetensors.torch import save_file
 
-        from esr_eval.io import atomic_directory
+        from esr_eval.files import atomic_directory
 
         with atomic_directory(path) as tmp:
             save_file({"directions": self.directions.float().contiguous().cpu()}, str(tmp / DIRECTIONS_FILE))

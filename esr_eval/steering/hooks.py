@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -123,11 +124,16 @@ class BatchSteering:
 
 class ResidualHooks:
     """Forward hook on one decoder layer's output: applies the current batch's steering, and
-    optionally records the (steered) residual for read-out."""
+    optionally records the (steered) residual for read-out.
+
+    The hook holds one batch's steering at a time, so `active` is exclusive across threads: a
+    read-out (say, calibration bounds on the event loop) waits for a generating batch (in the
+    provider's worker thread) instead of resetting its steering halfway."""
 
     def __init__(self, layer: nn.Module) -> None:
         self.steering: BatchSteering | None = None
         self.record: list[torch.Tensor] | None = None
+        self._lock = threading.RLock()
         self._handle = layer.register_forward_hook(self._hook)
 
     def _hook(self, module: nn.Module, args: tuple, output: torch.Tensor | tuple):
@@ -142,13 +148,14 @@ class ResidualHooks:
 
     @contextmanager
     def active(self, steering: BatchSteering | None, record: bool = False) -> Iterator[list[torch.Tensor]]:
-        self.steering = steering
-        self.record = [] if record else None
-        try:
-            yield self.record if record else []
-        finally:
-            self.steering = None
-            self.record = None
+        with self._lock:
+            self.steering = steering
+            self.record = [] if record else None
+            try:
+                yield self.record if record else []
+            finally:
+                self.steering = None
+                self.record = None
 
     def remove(self) -> None:
         self._handle.remove()

@@ -70,7 +70,7 @@ def _gguf_cache_folder(gguf_path: Path) -> Path:
 def _load_gguf(gguf_path: Path, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from esr_eval.io import atomic_directory
+    from esr_eval.files import atomic_directory
 
     folder = _gguf_cache_folder(gguf_path)
     if (folder / "config.json").exists():

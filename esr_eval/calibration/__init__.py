@@ -1,0 +1,1 @@
+"""How hard to push each latent: bisection (pure), the threshold cache, the calibrator."""

@@ -1,0 +1,75 @@
+"""The threshold cache: jsonl rows {key fields..., threshold, trials, score, history}.
+
+The key holds everything that changes a threshold: the model's weights, the dictionary, the
+latent, the grader and its version, the target, the prompt set, the generation settings and the
+calibration budget. A row written before a key field existed never matches. Writes rewrite the
+file atomically under an inter-process lock, so two processes sharing one cache keep both rows;
+a line that does not parse is reported and kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from esr_eval.calibration.bisection import CalibrationResult
+from esr_eval.files import read_jsonl_cache, update_jsonl_cache
+from esr_eval.steering.models import cache_dir
+
+KEY_FIELDS = (
+    "model",
+    "dictionary",
+    "latent",
+    "grader",
+    "target",
+    "prompts",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "repetition_penalty",
+    "calibration_trials",
+)
+
+
+def prompt_set_hash(prompts: list[str]) -> str:
+    return hashlib.sha1("\n".join(prompts).encode()).hexdigest()[:12]
+
+
+class ThresholdCache:
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path else cache_dir() / "thresholds.jsonl"
+
+    @staticmethod
+    def key(row: dict[str, Any]) -> str | None:
+        """The row's key, or None when it lacks a key field (an older format: never reused)."""
+        if any(k not in row for k in KEY_FIELDS):
+            return None
+        return json.dumps({k: row[k] for k in KEY_FIELDS}, sort_keys=True)
+
+    def get(self, **fields: Any) -> CalibrationResult | None:
+        wanted = self.key(fields)
+        for row in reversed(read_jsonl_cache(self.path).rows):
+            if self.key(row) == wanted:
+                history = [(float(b), float(s)) for b, s in row.get("history", [])]
+                return CalibrationResult(float(row["threshold"]), int(row["trials"]), float(row["score"]), history, cached=True)
+        return None
+
+    def put(self, result: CalibrationResult, **fields: Any) -> None:
+        key = self.key(fields)
+        if key is None:
+            raise ValueError(f"a threshold cache row needs every key field: {KEY_FIELDS}")
+        row = {**{k: fields[k] for k in KEY_FIELDS}, **asdict(result)}
+        row.pop("cached")
+        update_jsonl_cache(self.path, lambda rows: [r for r in rows if self.key(r) != key] + [row])
+
+    def thresholds(self, **fields: Any) -> dict[int, float]:
+        """Cached thresholds of every latent that matches the other key fields."""
+        match = {k: v for k, v in fields.items() if k in KEY_FIELDS and k != "latent"}
+        return {
+            int(r["latent"]): float(r["threshold"])
+            for r in read_jsonl_cache(self.path).rows
+            if self.key(r) is not None and all(r.get(k) == v for k, v in match.items())
+        }

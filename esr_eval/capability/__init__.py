@@ -1,0 +1,1 @@
+"""Capability under steering: lm-eval's HFLM with the project's steering hook."""

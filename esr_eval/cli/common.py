@@ -1,0 +1,40 @@
+"""What several commands share: the model arguments, the engine they name, a console."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from esr_eval.config import DEFAULT_MODEL_NAME, ModelArgs
+
+DTYPES = ["float32", "bfloat16", "float16"]
+
+
+def add_model_args(parser: argparse.ArgumentParser, dtype: str = ModelArgs.dtype) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL_NAME, help="preset, hub id, folder or .gguf file")
+    parser.add_argument("--dictionary", help="SAE / direction-set folder, sae-lens RELEASE/SAE_ID or preset")
+    parser.add_argument("--layer", type=int, help="override the dictionary's hook layer")
+    parser.add_argument("--labels", help="labels file (JSON or CSV, index -> text)")
+    parser.add_argument("--dtype", default=dtype, choices=DTYPES)
+    parser.add_argument("--device", default=ModelArgs.device)
+
+
+def model_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The -M arguments of the steered provider that the command line gave."""
+    given = dict(dictionary=args.dictionary, layer=args.layer, labels=args.labels, dtype=args.dtype, device=args.device)
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def engine_from(args: argparse.Namespace):
+    from esr_eval.steering.load import load_engine
+
+    return load_engine(args.model, args.dictionary, args.layer, args.labels, args.dtype, args.device)
+
+
+def console():
+    """A rich console; when the output is not a terminal (CI logs, files) it is 140 columns wide
+    instead of rich's default 80, so tables are not cut."""
+    from rich.console import Console
+
+    c = Console()
+    return c if c.is_terminal else Console(width=140)

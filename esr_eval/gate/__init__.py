@@ -1,0 +1,1 @@
+"""The CI gate over logs, and model comparison as an Inspect eval set."""

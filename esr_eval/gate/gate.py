@@ -1,0 +1,186 @@
+"""The CI gate over Inspect logs: status, bounds on ESR figures, and change against a baseline
+(the command and its exit codes: `esr_eval.cli.gate`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from inspect_ai.log import EvalLog, read_eval_log
+
+from esr_eval.errors import MissingFileError, UsageError
+from esr_eval.results.logs import log_trials, newest_log_files, short_model, short_task
+from esr_eval.results.stats import Summary, all_metric_names
+
+EXIT_PASS, EXIT_BREACH, EXIT_USAGE, EXIT_NOT_SUCCESS, EXIT_MISSING = 0, 1, 2, 3, 4
+SEVERITY = [EXIT_USAGE, EXIT_NOT_SUCCESS, EXIT_MISSING, EXIT_BREACH, EXIT_PASS]
+OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq, "!=": operator.ne}
+EXPECT = re.compile(
+    r"^\s*([A-Za-z_][\w./\[\]-]*)\s*(<=|>=|==|!=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
+)
+
+
+@dataclass(frozen=True)
+class Expectation:
+    metric: str
+    op: str
+    bound: float
+
+    @classmethod
+    def parse(cls, text: str) -> Expectation:
+        m = EXPECT.match(text)
+        if not m:
+            raise UsageError(f'cannot read --expect {text!r}: write METRIC OP NUMBER, e.g. "esr_rate <= 0.05"')
+        return cls(m.group(1), m.group(2), float(m.group(3)))
+
+    def holds(self, value: float) -> bool:
+        return OPS[self.op](value, self.bound)
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.bound:g}"
+
+
+@dataclass
+class Check:
+    log: str
+    check: str
+    value: str
+    result: str  # "pass" or a failure kind
+    code: int
+
+
+def log_metrics(log: EvalLog, scorer: str | None = None) -> dict[str, float]:
+    """log.results metrics (as `metric` and `scorer/metric`), overridden by the recomputed ones."""
+    metrics: dict[str, float] = {}
+    for score in (log.results.scores if log.results else []) or []:
+        for name, metric in score.metrics.items():
+            metrics[f"{score.name}/{name}"] = float(metric.value)
+            metrics.setdefault(name, float(metric.value))
+    trials = log_trials(log, scorer)
+    if trials:
+        metrics.update(Summary(trials).metrics(all_metric_names()))
+    else:  # nothing to recompute from: only the counts are known
+        metrics.update(n=0.0, judge_errors=0.0)
+    return metrics
+
+
+def baseline_counts(source: str, scorer: str | None = None) -> tuple[int, int, int]:
+    """(judged trials, multi-attempt count, ESR count) of a baseline: a counts JSON, a log, or a
+    folder whose newest log of every run counts (an eval set's failed attempts that were retried
+    do not); a baseline run that did not succeed is an error."""
+    path = Path(source)
+    if path.suffix == ".json" and path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            data = None
+        if isinstance(data, dict) and "n" in data:
+            n = int(data["n"])
+
+            def count(key: str) -> int:
+                return int(data[key]) if key in data else round(float(data[f"{key}_rate"]) * n)
+
+            try:
+                return n, count("multi_attempt"), count("esr")
+            except KeyError as err:
+                raise UsageError(f"baseline {source} lacks {err}: give multi_attempt and esr (counts) or *_rate") from None
+    n = multi = esr = 0
+    for f in newest_log_files([source]):
+        log = read_eval_log(f)
+        if log.status != "success":
+            raise UsageError(f"baseline log {f} has status {log.status}: rerun it, or point --baseline at a successful run")
+        s = Summary(log_trials(log, scorer))
+        n, multi, esr = n + s.count("n_judged"), multi + s.count("n_multi_attempt"), esr + s.count("n_esr")
+    if n == 0:
+        raise UsageError(f"baseline {source} has no attempts-judge scores: pass a scored log or a counts JSON")
+    return n, multi, esr
+
+
+def change_p_value(k1: int, n1: int, k2: int, n2: int, test: str = "z") -> float:
+    """Two-sided p-value that the proportions k1/n1 and k2/n2 differ."""
+    from scipy import stats
+
+    if n1 == 0 or n2 == 0:
+        return math.nan
+    if test == "fisher":
+        return float(stats.fisher_exact([[k1, n1 - k1], [k2, n2 - k2]]).pvalue)
+    pooled = (k1 + k2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    if se == 0:
+        return 1.0
+    z = (k1 / n1 - k2 / n2) / se
+    return float(2 * stats.norm.sf(abs(z)))
+
+
+def gate_log(
+    path: str,
+    log: EvalLog,
+    expects: list[Expectation],
+    baseline: tuple[int, int, int] | None,
+    alpha: float,
+    test: str,
+    scorer: str | None,
+) -> list[Check]:
+    name = f"{Path(path).name}\n{short_task(log.eval.task)} / {short_model(log.eval.model)}"
+    if log.status != "success":
+        error = (log.error.message.splitlines() or [""])[0][:80] if log.error else ""
+        return [Check(name, "status == success", f"{log.status} {error}".strip(), "not successful", EXIT_NOT_SUCCESS)]
+    checks = [Check(name, "status == success", log.status, "pass", EXIT_PASS)]
+    metrics = log_metrics(log, scorer)
+    for e in expects:
+        value = metrics.get(e.metric)
+        if value is None or math.isnan(value):
+            checks.append(Check(name, str(e), "missing", "metric missing", EXIT_MISSING))
+        else:
+            ok = e.holds(value)
+            checks.append(
+                Check(
+                    name, str(e), f"{value:.4g}", "pass" if ok else "bound breached", EXIT_PASS if ok else EXIT_BREACH
+                )
+            )
+    if baseline is not None:
+        s = Summary(log_trials(log, scorer))
+        n, n0, (m0, e0) = s.count("n_judged"), baseline[0], baseline[1:]
+        for label, k, k0 in (("multi_attempt", s.count("n_multi_attempt"), m0), ("esr", s.count("n_esr"), e0)):
+            p = change_p_value(k, n, k0, n0, test)
+            value = f"{k}/{n} vs {k0}/{n0}, p={p:.3g}"
+            if math.isnan(p):
+                checks.append(Check(name, f"{label} unchanged", value, "metric missing", EXIT_MISSING))
+            else:
+                significant = p < alpha
+                checks.append(
+                    Check(
+                        name,
+                        f"{label} unchanged ({test}, alpha {alpha:g})",
+                        value,
+                        "significant change" if significant else "pass",
+                        EXIT_BREACH if significant else EXIT_PASS,
+                    )
+                )
+    return checks
+
+
+def run_gate(
+    logs: list[str],
+    expects: list[str],
+    baseline: str | None = None,
+    alpha: float = 0.05,
+    test: str = "z",
+    scorer: str | None = None,
+) -> tuple[int, list[Check]]:
+    parsed = [Expectation.parse(e) for e in expects]
+    if not 0 < alpha < 1:
+        raise UsageError(f"--alpha {alpha} is outside (0, 1): use e.g. 0.05")
+    if not parsed and baseline is None:
+        raise UsageError("nothing to check: give at least one --expect or a --baseline")
+    base = baseline_counts(baseline, scorer) if baseline else None
+    files = newest_log_files(logs)
+    if not files:
+        raise MissingFileError(f"no Inspect logs in {', '.join(logs)}: run `inspect eval ... --log-dir DIR` first")
+    checks = [c for f in files for c in gate_log(f, read_eval_log(f), parsed, base, alpha, test, scorer)]
+    codes = {c.code for c in checks}
+    return next(code for code in SEVERITY if code in codes or code == EXIT_PASS), checks

@@ -1,0 +1,1 @@
+"""The attempts judge: its protocol (rubric, parser, `judge_answer`) and the offline grader."""

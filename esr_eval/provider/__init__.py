@@ -1,0 +1,117 @@
+"""Inspect model provider `steered/<preset | hub id | path>` over a steering engine.
+
+Concurrent `generate()` calls queue up and run as one batched forward pass off the event loop;
+each request's steering comes from `config.extra_body` (so it is logged and in the cache key).
+Model args (`-M`) are `config.ModelArgs`; a misspelt one is refused before anything loads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any
+
+from inspect_ai.model import (
+    ChatMessage,
+    GenerateConfig,
+    ModelAPI,
+    ModelOutput,
+    ModelUsage,
+    modelapi,
+)
+from inspect_ai.tool import ToolChoice, ToolInfo
+
+from esr_eval.config import GENERATION, PROVIDER, PROVIDER_MAX_TOKENS, ModelArgs
+from esr_eval.provider.batcher import Batcher
+from esr_eval.steering.engine import GenerationRequest, SteeringEngine
+from esr_eval.steering.intervention import steering_from_extra_body
+from esr_eval.steering.load import load_engine
+from esr_eval.steering.models import model_fingerprint
+from esr_eval.steering.presets import get_preset
+
+
+def _message_dicts(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    return [{"role": m.role if m.role != "tool" else "user", "content": m.text} for m in messages]
+
+
+class SteeredModelAPI(ModelAPI):
+    def __init__(
+        self,
+        model_name: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        config: GenerateConfig = GenerateConfig(),
+        **model_args: Any,
+    ) -> None:
+        super().__init__(model_name=model_name, base_url=base_url, api_key=api_key, config=config)
+        self.args = ModelArgs.parse(model_args)
+        self.source = model_name
+        preset = get_preset(model_name)
+        default_penalty = preset.repetition_penalty if preset else GENERATION.repetition_penalty
+        self.repetition_penalty = self.args.repetition_penalty if self.args.repetition_penalty is not None else default_penalty
+        self._batchers: dict[int, Batcher] = {}
+
+    @functools.cached_property
+    def model_key(self) -> str:
+        """Identity of the weights for caches: the source, hashed when it is a local path."""
+        return model_fingerprint(self.source)
+
+    @property
+    def engine(self) -> SteeringEngine:
+        """Loaded on first use (Inspect may build a provider only to read its info)."""
+        a = self.args
+        return load_engine(self.source, a.dictionary, a.layer, a.labels, a.dtype, a.device)
+
+    def dictionary_id(self) -> str | None:
+        return self.engine.dictionary_id
+
+    def max_tokens(self) -> int | None:
+        return PROVIDER_MAX_TOKENS
+
+    def _batcher(self) -> Batcher:
+        loop_id = id(asyncio.get_running_loop())
+        if loop_id not in self._batchers:
+            self._batchers = {loop_id: Batcher(self.engine, self.args.max_batch_size)}
+        return self._batchers[loop_id]
+
+    def request_from(self, input: list[ChatMessage], config: GenerateConfig) -> GenerationRequest:
+        interventions, dictionary = steering_from_extra_body(config.extra_body)
+        self.engine.resolve_dictionary(dictionary)  # an unknown dictionary fails here, not mid-batch
+        extra = config.extra_body or {}
+        return GenerationRequest(
+            messages=_message_dicts(input),
+            interventions=interventions,
+            max_new_tokens=config.max_tokens or PROVIDER_MAX_TOKENS,
+            temperature=GENERATION.temperature if config.temperature is None else float(config.temperature),
+            top_p=GENERATION.top_p if config.top_p is None else float(config.top_p),
+            repetition_penalty=float(extra.get("repetition_penalty", self.repetition_penalty)),
+            seed=config.seed,
+            dictionary=dictionary,
+        )
+
+    async def generate(
+        self,
+        input: list[ChatMessage],
+        tools: list[ToolInfo],
+        tool_choice: ToolChoice,
+        config: GenerateConfig,
+    ) -> ModelOutput:
+        result = await self._batcher().submit(self.request_from(input, config))
+        output = ModelOutput.from_content(model=self.model_name, content=result.text, stop_reason=result.stop_reason)
+        output.usage = ModelUsage(
+            input_tokens=result.prompt_tokens,
+            output_tokens=result.completion_tokens,
+            total_tokens=result.prompt_tokens + result.completion_tokens,
+        )
+        return output
+
+
+@modelapi(name=PROVIDER)
+def steered() -> type[ModelAPI]:
+    return SteeredModelAPI
+
+
+def steered_api(model: Any) -> SteeredModelAPI | None:
+    """The SteeredModelAPI behind an Inspect Model, if it is one."""
+    api = getattr(model, "api", None)
+    return api if isinstance(api, SteeredModelAPI) else None

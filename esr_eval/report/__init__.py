@@ -1,0 +1,1 @@
+"""The comparison report: runs read from logs, tables, plots, the paper's published figures."""

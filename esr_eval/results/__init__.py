@@ -1,0 +1,1 @@
+"""Trial records read from logs, and the one implementation of rates, intervals and summaries."""

@@ -1,0 +1,1 @@
+"""What an ESR run samples: prompts (one file parser), latents and their filters."""

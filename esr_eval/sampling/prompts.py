@@ -1,0 +1,63 @@
+"""Prompt files, read by one parser: `.txt` (one prompt a line, `#` comments), `.jsonl` (a
+prompt / text / input / question field, optional id) or `.csv` (the same columns)."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from esr_eval.errors import DataFileError, MissingFileError, UsageError
+from esr_eval.files import read_jsonl
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "prompts"
+DEFAULT_PROMPTS = ASSETS / "explain_how.jsonl"  # the evaluation set: 42 everyday "explain how" prompts
+PROMPT_FIELDS = ("prompt", "text", "input", "question")
+SUFFIXES = (".txt", ".jsonl", ".csv")
+FIX = "give one prompt a line (.txt), or a `prompt` field per row (.jsonl, .csv)"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    text: str
+
+
+def _field(row: dict, path: Path, line: int) -> str:
+    key = next((k for k in PROMPT_FIELDS if row.get(k)), None)
+    if key is None:
+        raise DataFileError(path, line, f"has none of the fields {', '.join(PROMPT_FIELDS)}", FIX)
+    return str(row[key]).strip()
+
+
+def load_prompts(path: str | Path | None = None) -> list[Prompt]:
+    """The prompts of a file (default: the packaged evaluation set), in file order."""
+    path = Path(path) if path is not None else DEFAULT_PROMPTS
+    if not path.is_file():
+        raise MissingFileError(f"prompt file {path} does not exist: pass an existing .txt, .jsonl or .csv file")
+    if path.suffix not in SUFFIXES:
+        raise UsageError(f"prompt file {path} is neither .txt, .jsonl nor .csv: {FIX}")
+    rows: list[tuple[str | None, str]] = []
+    if path.suffix == ".jsonl":
+        for i, row in enumerate(read_jsonl(path, "prompt file", FIX), 1):
+            rows.append((None if row.get("id") is None else str(row["id"]), _field(row, path, i)))
+    elif path.suffix == ".csv":
+        with path.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            for i, row in enumerate(reader, 2):  # line 1 is the header
+                rows.append((row.get("id") or None, _field(row, path, i)))
+    else:
+        lines = (line.strip() for line in path.read_text().splitlines())
+        rows = [(None, line) for line in lines if line and not line.startswith("#")]
+    prompts = [Prompt(str(i) if pid is None else pid, text) for i, (pid, text) in enumerate(rows) if text]
+    if not prompts:
+        raise DataFileError(path, None, "holds no prompts", FIX)
+    ids = [p.id for p in prompts]
+    if len(set(ids)) != len(ids):
+        duplicate = next(i for i in ids if ids.count(i) > 1)
+        raise DataFileError(path, None, f"uses the prompt id {duplicate!r} twice", "give every prompt its own id")
+    return prompts
+
+
+def prompt_texts(path: str | Path | None = None) -> list[str]:
+    return [p.text for p in load_prompts(path)]

@@ -1,0 +1,189 @@
+"""The typed records that cross module borders: the trial value the scorer writes (and every
+reader of logs reads back), the detectors file, and what fine-tuning records about a model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+# ------------------------------------------------------------------ one trial
+
+
+@dataclass(frozen=True)
+class TrialValue:
+    """The numbers of one judged trial, stored as `Score.value` (a dict of floats, so Inspect's
+    epoch reducer can average them). Flags are 1.0 / 0.0 for one trial; a sample reduced over
+    epochs holds the share of its epochs instead."""
+
+    n_attempts: float = 0.0
+    first_score: float = 0.0  # 0-100
+    last_score: float = 0.0
+    multi_attempt: float = 0.0  # 2+ attempts
+    esr: float = 0.0  # 2+ attempts and last > first
+    improvement: float = 0.0  # last - first on multi-attempt trials, else 0
+    degraded: float = 0.0  # 5+ identical consecutive words
+    judge_error: float = 0.0  # the grader's reply stayed unreadable
+    judge_fault: float = 0.0  # a readable reply that contradicts the answer (see the judge)
+    first_serves_concept: float = 0.0
+    last_serves_concept: float = 0.0
+
+    @classmethod
+    def from_scores(
+        cls,
+        scores: list[float],
+        serves_concept: list[bool],
+        degraded: bool,
+        judge_fault: bool = False,
+    ) -> "TrialValue":
+        """A judged trial from its attempts' scores (in order) and concept flags."""
+        first = float(scores[0]) if scores else 0.0
+        last = float(scores[-1]) if scores else 0.0
+        multi = len(scores) >= 2
+        return cls(
+            n_attempts=float(len(scores)),
+            first_score=first,
+            last_score=last,
+            multi_attempt=float(multi),
+            esr=float(multi and last > first),
+            improvement=last - first if multi else 0.0,
+            degraded=float(degraded),
+            judge_fault=float(judge_fault),
+            first_serves_concept=float(bool(serves_concept) and serves_concept[0]),
+            last_serves_concept=float(bool(serves_concept) and serves_concept[-1]),
+        )
+
+    @classmethod
+    def failed(cls, degraded: bool) -> "TrialValue":
+        """A trial whose judge never gave a readable reply: counted, left out of the rates."""
+        return cls(degraded=float(degraded), judge_error=1.0)
+
+    def to_value(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def is_value(cls, value: Any) -> bool:
+        return isinstance(value, Mapping) and "multi_attempt" in value and "first_score" in value
+
+    @classmethod
+    def from_value(cls, value: Mapping[str, Any]) -> "TrialValue":
+        """Read a `Score.value` back (logs written before a field existed give it 0)."""
+        if not cls.is_value(value):
+            raise ValueError(f"not an attempts-judge value: {dict(value) if isinstance(value, Mapping) else value!r}")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: float(v) for k, v in value.items() if k in known and isinstance(v, (int, float, bool))})
+
+    @property
+    def judged(self) -> bool:
+        return self.judge_error < 0.5
+
+    @property
+    def attempted(self) -> bool:
+        return self.judged and self.n_attempts >= 1
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A trial value with the unit it was sampled in: trials of one latent share its cluster."""
+
+    value: TrialValue
+    latent: int | None = None  # None: the trial is a cluster of its own
+    sample_id: Any = None
+    epoch: int = 1
+
+
+# ------------------------------------------------------------------ the detectors file
+
+
+@dataclass
+class DetectorsFile:
+    """What `esr-eval find-detectors` writes and the ablation tasks, `capability` and `episodes` read."""
+
+    latents: list[int]
+    model: str | None = None
+    dictionary: str | None = None
+    layer: int | None = None
+    rule: str | None = None
+    stats: list[dict[str, Any]] = field(default_factory=list)
+    firing_frequency: list[float] = field(default_factory=list)
+
+    FIX = "write one with `esr-eval find-detectors --out FILE`"
+
+    @classmethod
+    def read(cls, path: str | Path, allow_empty: bool = False) -> "DetectorsFile":
+        from esr_eval.errors import DataFileError
+        from esr_eval.files import read_json
+
+        data = read_json(path, "detectors file", cls.FIX)
+        latents = data.get("latents") if isinstance(data, dict) else None
+        if not isinstance(latents, list) or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in latents):
+            raise DataFileError(path, None, 'is not a detectors file (it needs "latents": [int, ...])', cls.FIX)
+        if not latents and not allow_empty:
+            raise DataFileError(path, None, "lists no detector latents", "rerun find-detectors with --rule auc or more prompts")
+        return cls(
+            latents=[int(k) for k in latents],
+            model=data.get("model"),
+            dictionary=data.get("dictionary"),
+            layer=None if data.get("layer") is None else int(data["layer"]),
+            rule=data.get("rule"),
+            stats=list(data.get("stats") or []),
+            firing_frequency=[float(f) for f in data.get("firing_frequency") or []],
+        )
+
+    def write(self, path: str | Path) -> Path:
+        from esr_eval.files import atomic_write_text
+
+        return atomic_write_text(path, json.dumps(asdict(self), indent=1))
+
+
+# ------------------------------------------------------------------ fine-tuning
+
+
+FINETUNE_METRICS_FILE = "finetune_metrics.json"
+
+
+@dataclass(frozen=True)
+class FinetuneInfo:
+    """What `esr-eval finetune` records about a merged model; eval logs carry it as task
+    metadata `finetune`."""
+
+    base_model: str | None = None
+    mixing_ratio: float | None = None
+    rows: int | None = None
+    correction_rows: int | None = None
+    optimizer_steps: int | None = None
+    train_loss: float | None = None
+    val_loss: float | None = None
+    recipe: str | None = None  # "self-correction" or "steered self-correction"
+
+    @classmethod
+    def of_model(cls, model_source: str) -> "FinetuneInfo | None":
+        """Read from a merged model folder; None when `model_source` is not one."""
+        path = Path(model_source).expanduser() / FINETUNE_METRICS_FILE
+        if not path.is_file():
+            return None
+        metrics = json.loads(path.read_text())
+        last = (metrics.get("epochs") or [{}])[-1]
+        return cls(
+            base_model=metrics.get("base_model"),
+            mixing_ratio=metrics.get("mixing_ratio"),
+            rows=metrics.get("rows"),
+            correction_rows=metrics.get("correction_rows"),
+            optimizer_steps=metrics.get("optimizer_steps"),
+            train_loss=last.get("train_loss"),
+            val_loss=last.get("val_loss"),
+            recipe=metrics.get("recipe"),
+        )
+
+    @classmethod
+    def of_metadata(cls, metadata: Mapping[str, Any] | None) -> "FinetuneInfo | None":
+        data = (metadata or {}).get("finetune")
+        if not isinstance(data, Mapping):
+            return None
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

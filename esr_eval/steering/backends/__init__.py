@@ -1,0 +1,1 @@
+"""Engine backends: `hf` (our own decode loop over transformers)."""

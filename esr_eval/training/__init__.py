@@ -1,0 +1,1 @@
+"""Training: the shipped SAEs (`sae/`) and self-correction fine-tuning (`finetune/`)."""

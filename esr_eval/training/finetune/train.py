@@ -1,0 +1,174 @@
+"""LoRA fine-tuning on self-correction rows (peft), then merge into a plain Hugging Face folder.
+
+Defaults follow the paper: r 32, alpha 16, dropout 0.05, lr 2e-4, 4 epochs, effective batch 8
+(micro-batches with gradient accumulation), 10 warm-up steps then linear decay, 5% validation.
+Loss is the mean over labelled tokens of each optimizer step; the prompt and the off-topic
+passage are labelled -100 (see `esr_eval.training.finetune.data.encode_row`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from esr_eval.config import LoraSettings
+from esr_eval.files import atomic_directory
+from esr_eval.schema import FINETUNE_METRICS_FILE
+from esr_eval.training.finetune.data import encode_row
+
+ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def attention_modules(model: torch.nn.Module) -> list[str]:
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    found = [m for m in ATTENTION_MODULES if m in present] or [m for m in ("c_attn", "query_key_value") if m in present]
+    if not found:
+        raise ValueError("cannot find attention projections in this model: pass --target-modules NAME,NAME")
+    return found
+
+
+def split_rows(rows: Sequence[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Shuffled train / validation split; validation gets floor(n * fraction + 0.5) rows."""
+    order = list(rows)
+    random.Random(seed).shuffle(order)
+    n_val = min(int(math.floor(len(order) * val_fraction + 0.5)), len(order) - 1)
+    return order[n_val:], order[:n_val]
+
+
+def collate(encoded: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids, attention_mask and labels (-100 on padding)."""
+    width = max(len(e["input_ids"]) for e in encoded)
+    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(encoded), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for b, e in enumerate(encoded):
+        n = len(e["input_ids"])
+        ids[b, :n] = torch.tensor(e["input_ids"])
+        labels[b, :n] = torch.tensor(e["labels"])
+        mask[b, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def summed_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Sum of next-token cross-entropy over labelled positions, and their count."""
+    device = next(model.parameters()).device
+    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+    targets = batch["labels"][:, 1:].to(device)
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    return loss, int((targets != -100).sum())
+
+
+@torch.no_grad()
+def mean_loss(model, encoded: Sequence[dict[str, list[int]]], pad_id: int, batch_size: int = 8) -> float:
+    """Mean per-token loss over the labelled tokens of `encoded` (eval mode, no dropout)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(encoded), batch_size):
+        loss, n = summed_loss(model, collate(encoded[start : start + batch_size], pad_id))
+        total, count = total + float(loss), count + n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def train_lora(model, tokenizer, rows: Sequence[dict], settings: LoraSettings, chat_template: bool = True, progress: bool = True):
+    """Wrap `model` with LoRA adapters and train them on `rows`; returns (peft model, metrics)."""
+    from peft import LoraConfig, get_peft_model
+    from tqdm import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    settings.check()
+    torch.manual_seed(settings.seed)
+    train_rows, val_rows = split_rows(rows, settings.val_fraction, settings.seed)
+    encode = lambda rs: [e for e in (encode_row(tokenizer, r, settings.max_length, chat_template) for r in rs) if any(x != -100 for x in e["labels"])]
+    train_set, val_set = encode(train_rows), encode(val_rows)
+    if not train_set:
+        raise ValueError("no training row has a labelled token: raise --max-length or check the data file")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    targets = list(settings.target_modules or attention_modules(model))
+    lora = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=targets, task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
+    steps_per_epoch = math.ceil(len(train_set) / settings.batch_size)
+    total_steps = settings.epochs * steps_per_epoch
+    if settings.max_steps is not None:
+        total_steps = min(total_steps, settings.max_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, min(settings.warmup_steps, total_steps), total_steps)
+
+    step_losses: list[float] = []
+    epochs: list[dict[str, Any]] = []
+    bar = tqdm(total=total_steps, desc="lora", unit="step", disable=not progress)
+    step = 0
+    for epoch in range(settings.epochs):
+        if step >= total_steps:
+            break
+        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(settings.seed + epoch)).tolist()
+        epoch_losses = []
+        for start in range(0, len(order), settings.batch_size):
+            if step >= total_steps:
+                break
+            chunk = [train_set[i] for i in order[start : start + settings.batch_size]]
+            n_tokens = sum(sum(x != -100 for x in e["labels"][1:]) for e in chunk)
+            step_loss = 0.0
+            for m in range(0, len(chunk), settings.micro_batch_size):
+                loss, _ = summed_loss(model, collate(chunk[m : m + settings.micro_batch_size], pad_id))
+                (loss / max(n_tokens, 1)).backward()
+                step_loss += float(loss.detach()) / max(n_tokens, 1)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            step_losses.append(step_loss)
+            epoch_losses.append(step_loss)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{step_loss:.3f}")
+        record = {"epoch": epoch + 1, "steps": len(epoch_losses), "train_loss": sum(epoch_losses) / len(epoch_losses)}
+        record["val_loss"] = mean_loss(model, val_set, pad_id, settings.micro_batch_size) if val_set else None
+        epochs.append(record)
+    bar.close()
+    n_corr = sum(r.get("kind") == "correction" for r in rows)
+    metrics = {
+        "settings": {**asdict(settings), "target_modules": targets},
+        "rows": len(rows),
+        "correction_rows": n_corr,
+        "mixing_ratio": n_corr / len(rows),
+        "train_rows": len(train_set),
+        "val_rows": len(val_set),
+        "optimizer_steps": step,
+        "epochs": epochs,
+        "step_losses": step_losses,
+    }
+    return model, metrics
+
+
+def merge_and_save(peft_model, tokenizer, out: str | Path, metrics: dict[str, Any]) -> Path:
+    """Fold the adapters into the weights and write model + tokenizer + metrics in one rename."""
+    merged = peft_model.merge_and_unload()
+    merged.eval()
+    with atomic_directory(out) as tmp:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / FINETUNE_METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    return Path(out)
+
+
+def load_base(model: str, dtype: str = "float32", device: str = "cpu"):
+    """(model, tokenizer, uses_chat_template) for a preset, hub id or folder."""
+    from esr_eval.steering.models import load_causal_lm
+    from esr_eval.steering.presets import get_preset
+
+    preset = get_preset(model)
+    lm, tokenizer = load_causal_lm(preset.model_source() if preset else model, dtype=dtype, device=device)
+    return lm, tokenizer, preset.chat_template if preset else True

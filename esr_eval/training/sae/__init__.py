@@ -1,0 +1,1 @@
+"""Training the shipped SAEs: corpus, activations, TopK training, quality and labels."""

@@ -1,0 +1,117 @@
+"""What every ESR task resolves before the eval starts: model, prompts, latents, calibration."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from inspect_ai.model import Model, get_model
+
+from esr_eval.calibration.calibrator import Calibrator
+from esr_eval.config import DEFAULT_MODEL, TaskArgs
+from esr_eval.errors import UsageError
+from esr_eval.provider import SteeredModelAPI, steered_api
+from esr_eval.sampling.concreteness import rate_concreteness
+from esr_eval.sampling.latents import sample_latents
+from esr_eval.sampling.prompts import Prompt, load_prompts
+from esr_eval.steering.dictionary import FeatureDictionary
+from esr_eval.steering.engine import SteeringEngine
+
+EVAL_YAML = Path(__file__).parent / "eval.yaml"
+
+
+@functools.cache
+def task_version(name: str) -> str:
+    """The task's version in eval.yaml (the one place versions are written)."""
+    listing = yaml.safe_load(EVAL_YAML.read_text())
+    return str(next(t["version"] for t in listing["tasks"] if t["name"] == name))
+
+
+def steered_model() -> tuple[Model | None, SteeredModelAPI]:
+    """The evaluated model, or the embedded default when the user named none (then the Model
+    is returned so the task can pin it; a user's --model is never overridden)."""
+    active = get_model()
+    if str(active) == "none/none":
+        default = get_model(DEFAULT_MODEL)
+        return default, steered_api(default)  # type: ignore[return-value]
+    api = steered_api(active)
+    if api is None:
+        raise UsageError(
+            f"esr_eval tasks steer a local model, but {active} is not one: "
+            "use --model steered/<preset | hub id | path> (e.g. steered/smollm2-135m)"
+        )
+    return None, api
+
+
+@dataclass
+class Setup:
+    args: TaskArgs
+    default_model: Model | None
+    api: SteeredModelAPI
+    prompts: list[Prompt]
+    latents: list[int]
+    labels: dict[int, str]
+    calibrator: Calibrator
+    notes: list[str] = field(default_factory=list)
+
+
+def run_async(coro):
+    """Run a coroutine from sync code, also when an event loop is already running."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def prepare(
+    task: str,
+    args: dict[str, Any],
+    own: tuple[str, ...] = (),
+    steer_dictionary: Callable[[SteeringEngine], FeatureDictionary] | None = None,
+) -> Setup:
+    """Check the task args (unknown names refused, with the accepted ones listed), then resolve
+    the model, prompts and latents, raising one-line errors before any generation.
+    `steer_dictionary` builds a second dictionary (e.g. a direction set) whose latents are
+    steered instead of sampled SAE latents."""
+    a = TaskArgs.parse(args, task, own)
+    prompts = load_prompts(a.prompts)
+    if a.prompts_per_latent > len(prompts):
+        raise UsageError(f"prompts_per_latent must be 1..{len(prompts)} (the prompt set's size)")
+    default_model, api = steered_model()
+    engine = api.engine
+    if engine.dictionary is None:
+        raise UsageError("the steered model has no dictionary: pass -M dictionary=... (or use a preset)")
+    notes: list[str] = []
+    steered = steer_dictionary(engine) if steer_dictionary else engine.dictionary
+    dictionary_id = engine.add_dictionary(steered) if steer_dictionary else engine.dictionary_id
+    if a.latents:
+        for k in a.latents:
+            steered.check_latent(k)
+        chosen = a.latents
+    elif steer_dictionary:
+        chosen = list(range(steered.d_sae))
+    else:
+        ratings = None
+        if a.concreteness:
+            ratings = run_async(rate_concreteness(a.concreteness, dict(engine.dictionary.labels)))
+        else:
+            notes.append("concreteness filter skipped: no -T concreteness=MODEL given")
+        messages = [[{"role": "user", "content": p.text}] for p in prompts]
+        sampled = sample_latents(engine, a.n_latents, messages, a.seed, a.relevance, ratings)
+        chosen = sampled.latents
+        notes += sampled.notes
+        notes.append(f"latent filters dropped {sampled.dropped}")
+    calibrator = Calibrator(
+        api, [p.text for p in prompts], a.target, a.calibration_trials, a.generation(), a.threshold_cache, a.seed, dictionary_id
+    )
+    labels = {k: steered.label(k) or f"latent {k}" for k in chosen}
+    return Setup(a, default_model, api, prompts, chosen, labels, calibrator, notes)

@@ -1,0 +1,40 @@
+"""The steered solver: resolve the sample's boost, then generate with its steering."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from inspect_ai.solver import Generate, Solver, TaskState, solver
+
+from esr_eval.calibration.calibrator import Calibrator
+from esr_eval.sampling.seeds import epoch_seed
+from esr_eval.steering.intervention import Intervention, steering_to_extra_body
+
+
+@solver
+def steered_generate(calibrator: Calibrator, labels: dict[int, str], generation: dict[str, Any]) -> Solver:
+    """The boost is the latent's threshold, zero, or a sweep level over all thresholds; the
+    steering (and any ablation) goes in `extra_body`. Each epoch draws its own seed
+    (metadata `generation_seed`), so repeated epochs are new trials."""
+
+    async def solve(state: TaskState, generate: Generate) -> TaskState:
+        md = state.metadata
+        latent, rule = md["latent"], md["boost_rule"]
+        if rule in ("threshold", "sweep"):
+            result = await calibrator.threshold(latent, md["label"])
+            md.update(threshold=result.threshold, calibration_trials=result.trials, calibration_score=result.score)
+        if rule == "threshold":
+            md["boost"] = md["threshold"]
+        elif rule == "sweep":
+            thresholds = list((await calibrator.all_thresholds(labels)).values())
+            md["boost"] = max(0.0, float(np.mean(thresholds) + md["level"] * np.std(thresholds)))
+        elif rule == "zero":
+            md["boost"] = 0.0
+        interventions = [Intervention(latent, float(md["boost"]), md.get("mode", "add"))] if md["boost"] else []
+        interventions += [Intervention(k, 0.0, "clamp") for k in md.get("ablated", [])]
+        steering = steering_to_extra_body(interventions, calibrator.dictionary_id)
+        md["generation_seed"] = epoch_seed(md["seed"], state.epoch)
+        return await generate(state, extra_body=steering, seed=md["generation_seed"], **generation)
+
+    return solve
