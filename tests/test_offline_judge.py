@@ -1,5 +1,6 @@
-"""The offline grader esr_judge/minilm: attempt splitting, scores, and its use as the default
-grader and as a re-scoring grader through the `inspect score` CLI."""
+"""The offline grader esr_judge/minilm: attempt splitting, scores, its floors on the test half of
+the judge-validation set, and its use as the default grader and as a re-scoring grader through
+the `inspect score` CLI."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from inspect_ai.model import ChatMessage, ModelOutput, ModelUsage, get_model
 from inspect_ai.solver import generate
 
 from esr_eval.config import OFFLINE_GRADER
-from esr_eval.judge.offline import grade, is_restart, split_attempts
+from esr_eval.judge.offline import GRADER_VERSION, grade, split_attempts
 from esr_eval.judge.protocol import judge_answer
+from esr_eval.judge.validation import compare, metric_value
+from esr_eval.judge.validation_set import load_validation_set
 
 PROMPT = "Explain how to brew coffee with a French press."
 LABEL = "volcanoes, magma and lava"
@@ -68,12 +71,50 @@ def test_repetitive_text_scores_low() -> None:
         ("Boil water. Wait for it to cool a little. Pour it over the grounds.", 1),  # "Wait for" is no restart
         ("That's right: boil water first. Then pour it over the grounds.", 1),
         ("Lava is hot. Sorry, I got off track. Back to your question. Boil water and pour it.", 2),
-        ("Lava is hot. Wait. That's not right. Let me start over. Boil water. Actually, let me redo it. Pour.", 3),
+        ("Lava is hot. Wait. That's not right. Let me start over. Boil water. Actually, let me redo it. Pour it in.", 3),
         ("Boil water and pour it. Wait, let me try again.", 1),  # a restart with nothing after it
     ],
 )
 def test_split_attempts(answer: str, n_attempts: int) -> None:
     assert len(split_attempts(answer)) == n_attempts
+
+
+@pytest.mark.parametrize(
+    ("answer", "n_attempts"),
+    [
+        # the default run's only multi-attempt answer under grader v2 split here
+        ("A fridge keeps food cold like the sea keeps whales cold. The whales swim deep. Wait. Now. Now. Repeat. "
+         "Repeat. Repeat. Repeat. Repeat. Now. Now. The whales the whales the whales the whales.", 1),
+        ("Lava is hot. Sorry sorry sorry sorry sorry sorry. Lava lava lava lava lava.", 1),
+        ("Boil the water. Let me try again. Let me try again. Let me try again. Let me try again. Let me try again.", 1),
+        ("Magma magma magma. No no no no no no, the lava lava lava lava lava lava flows flows flows flows.", 1),
+        # a real restart out of degenerate text still counts
+        ("Lava lava lava lava lava lava lava. Wait, that's gibberish, let me start again. "
+         "Boil the water and pour it over the coffee grounds.", 2),
+    ],
+)
+def test_no_restart_inside_degenerate_text(answer: str, n_attempts: int) -> None:
+    assert len(grade(PROMPT, answer, LABEL)) == n_attempts
+
+
+def test_elaboration_and_instructions_with_restart_words_are_one_attempt() -> None:
+    answer = (
+        "Heat water to about 95 C. Put coarse coffee in the press and pour the water over it. "
+        "Let me explain again in other words: hot water, coarse coffee, four minutes. "
+        "If the coffee tastes weak, stop and try again later with more grounds."
+    )
+    assert len(grade(PROMPT, answer, LABEL)) == 1
+
+
+def test_floors_on_the_test_half() -> None:
+    """The figures the offline grader must reach on answers none of its training saw."""
+    rows = load_validation_set(split="test")
+    comparisons = [
+        compare(r.n_attempts, r.improves, r.first_band, [a["score"] for a in grade(r.prompt, r.answer, r.label)]) for r in rows
+    ]
+    assert len(rows) >= 100
+    assert metric_value(comparisons, "multi_f1") >= 0.9
+    assert metric_value(comparisons, "count_accuracy") >= 0.9
 
 
 def test_offline_grader_speaks_the_protocol_through_inspect() -> None:
@@ -100,6 +141,8 @@ def test_default_grader_is_offline_not_the_evaluated_model(tmp_path: Path) -> No
     assert log.status == "success", log.error
     score = log.samples[0].scores["attempts_judge"]
     assert score.metadata["grader"] == OFFLINE_GRADER
+    assert score.metadata["grader_version"] == f"{OFFLINE_GRADER}@{GRADER_VERSION}"
+    assert score.metadata["judge_faults"] == []  # its attempt texts are copied from the answer
     assert score.value["esr"] == 1.0 and score.value["n_attempts"] == 2.0
 
 
@@ -140,7 +183,8 @@ def test_inspect_score_cli_rescores_with_another_grader(tmp_path: Path) -> None:
 
 
 def test_every_trained_recovery_line_starts_a_new_attempt() -> None:
-    """The offline grader must see the corrections that `esr-eval finetune` teaches."""
+    """The offline grader must see the corrections that `esr-eval finetune` teaches (held out: none
+    of these lines is in the grader's training material, see test_judge_validation_set.py)."""
     from esr_eval.training.finetune.data import OffTopicBank
 
     lines = OffTopicBank.load().recovery_lines
@@ -161,4 +205,5 @@ def test_every_trained_recovery_line_starts_a_new_attempt() -> None:
     ],
 )
 def test_ordinary_sentences_are_no_restart(sentence: str) -> None:
-    assert not is_restart(sentence)
+    answer = f"Heat water and pour it over the coffee in the press. {sentence} Press the plunger after four minutes."
+    assert len(grade(PROMPT, answer, LABEL)) == 1

