@@ -3,25 +3,29 @@ into attempts and scores each; `Score.value` holds the trial record (`schema.Tri
 
 from __future__ import annotations
 
+import anyio
 from esr_eval.scorers.metrics import esr_metrics
 from inspect_ai.model import get_model
 from inspect_ai.scorer import Score, Scorer, Target, scorer
 from inspect_ai.solver import TaskState
 
 from esr_eval.config import GRADER_ROLE, OFFLINE_GRADER
-from esr_eval.judge.protocol import JudgeResult, judge_answer
+from esr_eval.judge.faults import judge_faults
+from esr_eval.judge.protocol import JudgeResult, grader_identity, judge_answer
 from esr_eval.judge.text import is_degraded
 from esr_eval.schema import TrialValue
 
 COPIED_METADATA = ("latent", "boost")
 
 
-def trial_value(result: JudgeResult, answer: str) -> TrialValue:
+def trial_value(result: JudgeResult, answer: str, faults: list[str] | None = None) -> TrialValue:
+    """The trial record of a judged answer; `faults` (from `judge_faults`) flag a reply that
+    contradicts the answer."""
     degraded = is_degraded(answer)
     if result.error:
         return TrialValue.failed(degraded)
     return TrialValue.from_scores(
-        [a.score for a in result.attempts], [a.serves_concept for a in result.attempts], degraded
+        [a.score for a in result.attempts], [a.serves_concept for a in result.attempts], degraded, bool(faults)
     )
 
 
@@ -56,9 +60,13 @@ def attempts_judge(grader: str | None = None) -> Scorer:
         answer = state.output.completion
         prompt = state.metadata.get("prompt", state.input_text)  # without any meta-prompt suffix
         result = await judge_answer(model, prompt, answer, str(label))
+        # the restart count may embed the answer: off the event loop
+        faults = [] if result.error else await anyio.to_thread.run_sync(judge_faults, answer, result.attempts)
         grader_name = str(model)
         metadata = {
             "grader": grader_name,
+            "grader_version": grader_identity(model),  # name@version where the grader has one
+            "judge_faults": faults,
             "raw": result.raw,
             "attempts": result.attempts_as_dicts(),
             "label": label,
@@ -69,9 +77,9 @@ def attempts_judge(grader: str | None = None) -> Scorer:
         if result.error_message:
             metadata["judge_error_message"] = result.error_message
         return Score(
-            value=trial_value(result, answer).to_value(),
+            value=trial_value(result, answer, faults).to_value(),
             answer=answer,
-            explanation=explanation(result, grader_name),
+            explanation=explanation(result, grader_name) + "".join(f"\njudge fault: {f}" for f in faults),
             metadata=metadata,
         )
 
