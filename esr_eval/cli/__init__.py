@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "agreement": ("esr_eval.cli.agreement", "add_agreement", "pairwise agreement of the judges that scored a log"),
     "episodes": ("esr_eval.cli.episodes", "add_episodes", "detector activity along multi-attempt answers"),
     "gate": ("esr_eval.cli.gate", "add_gate", "CI gate over logs: bounds, status and change against a baseline"),
+    "validate-judge": ("esr_eval.cli.judge", "add_validate_judge", "score graders on the labelled judge-validation set"),
+    "train-grader": ("esr_eval.cli.judge", "add_train_grader", "retrain the offline grader's restart classifier"),
 }
 
 
