@@ -57,28 +57,10 @@ class TaskArgs:
     def parse(cls, args: dict[str, Any], task: str, own: tuple[str, ...] = ()) -> "TaskArgs":
         """Coerce `-T` values (YAML gives strings, ints or lists) and check them; an unknown name
         is an error that lists the accepted ones (the task's own included)."""
-        from esr_eval.errors import UsageError, unknown_names
+        from esr_eval.errors import unknown_names
 
         unknown_names(args, [*cls.names(), *own], f"task args for {task}")
-        given = {k: v for k, v in args.items() if v is not None and v != ""}
-        try:
-            parsed = cls(
-                prompts=None if given.get("prompts") is None else str(given["prompts"]),
-                n_latents=int(given.get("n_latents", cls.n_latents)),
-                prompts_per_latent=int(given.get("prompts_per_latent", cls.prompts_per_latent)),
-                latents=int_list(given.get("latents")),
-                seed=int(given.get("seed", cls.seed)),
-                relevance=str(given.get("relevance", cls.relevance)),
-                concreteness=None if given.get("concreteness") is None else str(given["concreteness"]),
-                target=float(given.get("target", cls.target)),
-                calibration_trials=int(given.get("calibration_trials", cls.calibration_trials)),
-                threshold_cache=None if given.get("threshold_cache") is None else str(given["threshold_cache"]),
-                max_tokens=int(given.get("max_tokens", cls.max_tokens)),
-                temperature=float(given.get("temperature", cls.temperature)),
-                top_p=float(given.get("top_p", cls.top_p)),
-            )
-        except (TypeError, ValueError) as err:
-            raise UsageError(f"cannot read the task args of {task} ({err}): check the -T values") from None
+        parsed = cls(**_coerce_all(cls, args, "-T", TASK_CASTS))
         parsed.check()
         return parsed
 
@@ -120,21 +102,9 @@ class ModelArgs:
         from esr_eval.errors import UsageError, unknown_names
 
         unknown_names(args, cls.names(), "model args (-M) for steered/")
-        given = {k: v for k, v in args.items() if v is not None and v != ""}
-        try:
-            parsed = cls(
-                dictionary=None if given.get("dictionary") is None else str(given["dictionary"]),
-                layer=None if given.get("layer") is None else int(given["layer"]),
-                labels=None if given.get("labels") is None else str(given["labels"]),
-                dtype=str(given.get("dtype", cls.dtype)),
-                device=str(given.get("device", cls.device)),
-                max_batch_size=int(given.get("max_batch_size", cls.max_batch_size)),
-                repetition_penalty=None if given.get("repetition_penalty") is None else float(given["repetition_penalty"]),
-            )
-        except (TypeError, ValueError) as err:
-            raise UsageError(f"cannot read the model args ({err}): check the -M values") from None
+        parsed = cls(**_coerce_all(cls, args, "-M", MODEL_CASTS))
         if parsed.max_batch_size < 1:
-            raise UsageError(f"max_batch_size {parsed.max_batch_size} must be at least 1")
+            raise UsageError(f"-M max_batch_size={parsed.max_batch_size} must be at least 1")
         return parsed
 
 
@@ -165,6 +135,36 @@ class LoraSettings:
             raise UsageError(f"validation share {self.val_fraction} must be in [0, 1)")
         if self.max_steps is not None and self.max_steps < 1:
             raise UsageError(f"--max-steps {self.max_steps}: give at least 1 (or leave it out)")
+
+
+INT, FLOAT, TEXT = (int, "an integer"), (float, "a number"), (str, "text")
+TASK_CASTS = {
+    "prompts": TEXT, "n_latents": INT, "prompts_per_latent": INT, "latents": (lambda v: int_list(v), "a list of integers"),
+    "seed": INT, "relevance": TEXT, "concreteness": TEXT, "target": FLOAT, "calibration_trials": INT,
+    "threshold_cache": TEXT, "max_tokens": INT, "temperature": FLOAT, "top_p": FLOAT,
+}  # fmt: skip
+MODEL_CASTS = {
+    "dictionary": TEXT, "layer": INT, "labels": TEXT, "dtype": TEXT, "device": TEXT,
+    "max_batch_size": INT, "repetition_penalty": FLOAT,
+}  # fmt: skip
+
+
+def _coerce_all(cls, args: dict[str, Any], flag: str, casts: dict) -> dict[str, Any]:
+    """The given (non-empty) values of a dataclass's fields, each cast to its type; a value that
+    does not cast is a one-line error naming the argument."""
+    from esr_eval.errors import UsageError
+
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        value = args.get(f.name)
+        if value is None or value == "":
+            continue
+        cast, kind = casts[f.name]
+        try:
+            out[f.name] = cast(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"{flag} {f.name}={value!r} is not {kind}: pass {kind} (or leave it out)") from None
+    return out
 
 
 def int_list(value: Any) -> list[int] | None:

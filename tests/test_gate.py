@@ -109,6 +109,38 @@ def test_baseline(logs, tmp_path):
     assert main(["gate", logs["ok"], "--baseline", str(broken)]) == 2
 
 
+def test_baseline_folder_counts_the_retry_not_the_failed_attempt(logs, tmp_path):
+    # the failed attempt scored 4 trials, all multi-attempt, before it crashed; the retry is the run
+    folder = tmp_path / "baseline"
+    run_canned(folder, [{"scores": {"judge": {"value": esr_value(10, 90)}}}] * 4)
+    from inspect_ai.log import read_eval_log, write_eval_log
+
+    [failed] = list(folder.glob("*.eval"))
+    log = read_eval_log(str(failed))
+    log.status = "error"
+    write_eval_log(log, str(failed))
+    run_canned(folder, _rows())  # the retry: 10 trials, 2 multi-attempt, 1 ESR
+    from esr_eval.gate.gate import baseline_counts
+
+    assert baseline_counts(str(folder)) == (10, 2, 1)
+    assert main(["gate", logs["ok"], "--baseline", str(folder)]) == 0
+    newer_failure = tmp_path / "newer-failure"
+    run_canned(newer_failure, _rows())
+    run_canned(newer_failure, _rows(), fail=True)
+    assert main(["gate", logs["ok"], "--baseline", str(newer_failure)]) == 2  # no usable baseline
+
+
+def test_a_crash_is_not_a_breach(logs, monkeypatch, capsys):
+    import esr_eval.gate.gate as gate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(gate, "log_metrics", broken)
+    assert main(["gate", logs["ok"], "--expect", "esr_rate <= 0.1"]) == 5
+    assert "disk on fire" in capsys.readouterr().err
+
+
 def test_change_p_values():
     assert change_p_value(1, 10, 1, 10) == pytest.approx(1.0)
     # pooled 0.25, se 0.0612372, z 1.632993
