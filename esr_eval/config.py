@@ -137,6 +137,37 @@ class LoraSettings:
             raise UsageError(f"--max-steps {self.max_steps}: give at least 1 (or leave it out)")
 
 
+@dataclass(frozen=True)
+class SteeredDataSettings:
+    """`esr-eval make-finetune-data --steered`: steering-aware self-correction rows. Boosts are in
+    units of a latent's steering scale (the median residual norm at the layer over the prompts,
+    divided by the norm of the latent's decoder row; calibrated thresholds of the embedded model
+    fall at 0.2-0.4 of it)."""
+
+    n: int = 500
+    correction_share: float = 0.5  # the model's own drift under steering, a recovery line, a good answer
+    steered_share: float = 0.25  # steered below the derailing boost, answered without a restart
+    n_latents: int = 48  # training latents (the evaluation never steers them)
+    derail_scale: tuple[float, float] = (0.35, 0.6)
+    mild_scale: tuple[float, float] = (0.05, 0.15)
+    drift_tokens: tuple[int, int] = (20, 56)  # length of the off-topic start
+    answer_tokens: int = 200
+    derailed_below: float = 0.5  # a drift whose first-attempt score is below this counts as derailed
+    on_topic_above: float = 0.6  # a mildly steered answer kept as a no-restart row scores at least this
+    seed: int = 0
+
+    def check(self) -> None:
+        from esr_eval.errors import UsageError
+
+        if self.n < 1 or self.n_latents < 1 or not 0 <= self.correction_share + self.steered_share <= 1:
+            raise UsageError("--n and --n-latents must be at least 1, and the correction and steered shares add up to at most 1")
+        for low, high in (self.derail_scale, self.mild_scale, self.drift_tokens):
+            if not 0 <= low <= high:
+                raise UsageError(f"range ({low}, {high}) must have 0 <= low <= high")
+        if self.mild_scale[1] >= self.derail_scale[0]:
+            raise UsageError("the mild boosts must stay below the derailing ones: lower the mild scale or raise the derailing one")
+
+
 INT, FLOAT, TEXT = (int, "an integer"), (float, "a number"), (str, "text")
 TASK_CASTS = {
     "prompts": TEXT, "n_latents": INT, "prompts_per_latent": INT, "latents": (lambda v: int_list(v), "a list of integers"),

@@ -18,6 +18,7 @@ from esr_eval.judge.protocol import grader_identity, judge_answer
 from esr_eval.provider import SteeredModelAPI
 from esr_eval.sampling.seeds import derive_seed
 from esr_eval.steering.intervention import Intervention, steering_to_extra_body
+from esr_eval.steering.scale import median_residual_norm, steering_scale
 
 
 def resolve_grader() -> Model:
@@ -57,20 +58,14 @@ class Calibrator:
         self._running: dict[int, asyncio.Future] = {}
         self._residual_norm: float | None = None
 
-    def _median_residual_norm(self) -> float:
-        import torch
-
-        resid = self.api.engine.prompt_residuals([[{"role": "user", "content": p}] for p in self.prompts[:8]])
-        return float(torch.cat(resid).norm(dim=-1).median())
-
     async def bounds(self, latent: int) -> Bounds:
         """Prior and bounds in the latent's own units: the residual's median norm at the layer
         over the prompts, divided by the norm of the latent's decoder direction. The read-out
         runs in a worker thread and waits for any generating batch (the hooks are exclusive)."""
         if self._residual_norm is None:
-            self._residual_norm = await anyio.to_thread.run_sync(self._median_residual_norm)
+            self._residual_norm = await anyio.to_thread.run_sync(median_residual_norm, self.api.engine, self.prompts)
         dictionary = self.api.engine.resolve_dictionary(self.dictionary_id)
-        return Bounds.from_scale(self._residual_norm / float(dictionary.W_dec[latent].detach().norm().clamp_min(1e-8)))
+        return Bounds.from_scale(steering_scale(self._residual_norm, dictionary, latent))
 
     def key(self, latent: int, grader: Model) -> dict[str, Any]:
         return dict(

@@ -53,8 +53,10 @@ class SteeredModelAPI(ModelAPI):
 
     @functools.cached_property
     def model_key(self) -> str:
-        """Identity of the weights for caches: the source, hashed when it is a local path."""
-        return model_fingerprint(self.source)
+        """Identity of the weights for caches: the source, hashed when it is a local path (or a
+        preset that ships an adapter)."""
+        preset = get_preset(self.source)
+        return preset.model_key() if preset else model_fingerprint(self.source)
 
     @property
     def engine(self) -> SteeringEngine:

@@ -62,8 +62,10 @@ def sample_latents(
     seed: int = 0,
     relevance: str = "topk",
     concreteness: dict[int, float] | None = None,
+    exclude: frozenset[int] | set[int] = frozenset(),
 ) -> LatentSample:
-    """Draw `n` latents reproducibly. Candidates are drawn in rounds of 3x until enough survive."""
+    """Draw `n` latents reproducibly. Candidates are drawn in rounds of 3x until enough survive;
+    `exclude` (e.g. a tuned model's training latents) is never drawn."""
     dictionary = lm.dictionary
     if dictionary is None:
         raise ValueError("sampling latents needs a dictionary: use a preset or pass -M dictionary=...")
@@ -73,11 +75,13 @@ def sample_latents(
     relevant = relevant_latents(lm, prompts, relevance) if prompts else set()
     pool = list(range(dictionary.d_sae))
     rng.shuffle(pool)
-    dropped = {"unlabelled": 0, "dead": 0, "relevant": 0, "abstract": 0}
+    dropped = {"unlabelled": 0, "dead": 0, "relevant": 0, "abstract": 0, "trained on": 0}
     kept: list[int] = []
     for start in range(0, len(pool), CANDIDATE_FACTOR * n):
         for k in pool[start : start + CANDIDATE_FACTOR * n]:
-            if not dictionary.label(k):
+            if k in exclude:
+                dropped["trained on"] += 1
+            elif not dictionary.label(k):
                 dropped["unlabelled"] += 1
             elif freq is not None and freq.get(k, 0.0) <= 0.0:
                 dropped["dead"] += 1

@@ -6,7 +6,7 @@ import threading
 
 from esr_eval.steering.backends.hf import SteeredLM
 from esr_eval.steering.engine import SteeringEngine
-from esr_eval.steering.models import load_causal_lm
+from esr_eval.steering.models import apply_adapter, load_causal_lm
 from esr_eval.steering.presets import get_preset
 
 _engines: dict[tuple, SteeringEngine] = {}
@@ -35,4 +35,6 @@ def load_unsteered_engine(model: str, dtype: str = "bfloat16", device: str = "cp
     if preset is None:
         return load_engine(model, dtype=dtype, device=device)
     lm, tokenizer = load_causal_lm(preset.model_source(), dtype=dtype, device=device)
+    if preset.adapter:
+        lm = apply_adapter(lm, preset.adapter)
     return SteeredLM(lm, tokenizer, None, name=model, chat_template=preset.chat_template)

@@ -115,3 +115,12 @@ def load_causal_lm(source: str | Path, dtype: str | torch.dtype = "float32", dev
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def apply_adapter(model, adapter: str | Path):
+    """Merge a peft LoRA adapter folder into a loaded model (a preset that ships an adapter)."""
+    from peft import PeftModel
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"no LoRA adapter in {adapter}: reinstall esr-eval or rebuild it with its recipe")
+    return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()

@@ -39,9 +39,18 @@ class Preset:
     chat_template: bool = True
     repetition_penalty: float = 1.1
     notes: str = ""
+    adapter: str | None = None  # a shipped LoRA adapter folder merged into the model on load
 
     def model_source(self) -> str:
         return self.model() if callable(self.model) else self.model
+
+    def model_key(self) -> str:
+        """The preset's identity for caches: its name, plus a hash of its adapter's weights."""
+        if not self.adapter:
+            return self.name
+        from esr_eval.steering.models import model_fingerprint
+
+        return f"{self.name}#{model_fingerprint(self.adapter).split('#')[-1]}"
 
 
 PRESETS: dict[str, Preset] = {

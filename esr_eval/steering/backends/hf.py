@@ -23,7 +23,7 @@ from esr_eval.steering.engine import (
 )
 from esr_eval.steering.hooks import BatchSteering, ResidualHooks, decoder_layers
 from esr_eval.steering.intervention import Intervention
-from esr_eval.steering.models import load_causal_lm, parse_dtype
+from esr_eval.steering.models import apply_adapter, load_causal_lm, parse_dtype
 from esr_eval.steering.presets import get_preset
 
 
@@ -88,6 +88,8 @@ class SteeredLM(SteeringEngine):
             layer = preset.layer
         feature_dict = load_dictionary(dict_spec, layer=layer, labels=labels) if dict_spec else None
         model, tokenizer = load_causal_lm(model_source, dtype=parse_dtype(dtype), device=device)
+        if preset and preset.adapter:
+            model = apply_adapter(model, preset.adapter)
         return cls(
             model,
             tokenizer,
