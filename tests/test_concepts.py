@@ -146,7 +146,8 @@ def test_offline_filter_keeps_only_the_topical_latents(planted):
     assert [keep(k) for k in range(6)] == ["token_level"] * 3 + [None, None, "no_topic"]
     sample = sample_latents(lm, 2, [], seed=0, concreteness=keep)
     assert sample.latents == [3, 4]
-    assert sample.dropped == {"unlabelled": 1, "dead": 0, "relevant": 0, "token_level": 3, "no_topic": 1}
+    # seed 0's first round draws six of the seven latents (3 x 2), all but the dead one
+    assert sample.dropped == {"unlabelled": 0, "dead": 0, "relevant": 0, "token_level": 3, "no_topic": 1}
     with pytest.raises(UsageError, match="only 2 latents pass"):
         sample_latents(lm, 3, [], seed=0, concreteness=keep)
     assert len(sample_latents(lm, 6, [], seed=0).latents) == 6  # without the filter every labelled latent
@@ -210,3 +211,41 @@ def test_shipped_vocabulary_is_a_list_of_distinct_topics() -> None:
     topics = load_vocabulary()
     assert 500 <= len(topics) == len(set(topics)) <= 3000
     assert all(t == t.strip() and not t.startswith("#") for t in topics)
+
+
+def test_latents_sampled_lists_what_the_task_samples(tiny_model_dir, tmp_path, capsys):
+    from conftest import write_random_sae
+
+    from esr_eval.cli import main
+    from esr_eval.sampling.latents import sample_latents
+    from esr_eval.sampling.prompts import load_prompts
+    from esr_eval.steering.load import load_engine
+
+    sae = write_random_sae(tmp_path / "sae", d_sae=256)  # wider than the relevance filter's top 100
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Explain how to brew tea.\n")
+    args = ["latents", "--sampled", "--model", str(tiny_model_dir), "--dictionary", str(sae), "--n-latents", "3",
+            "--seed", "4", "--prompts", str(prompts)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    engine = load_engine(str(tiny_model_dir), str(sae))
+    messages = [[{"role": "user", "content": p.text}] for p in load_prompts(str(prompts))]
+    expected = sample_latents(engine, 3, messages, seed=4).latents
+    rows = [line for line in out.splitlines() if line.count("│") >= 2 and ")" in line]
+    assert [int(r.split("│")[1]) for r in rows] == expected  # a random SAE has no concept stats: no filter
+    assert all(engine.dictionary.label(k) in out for k in expected)
+
+
+def test_labels_from_part_of_the_corpus_keep_the_whole_corpus_stats(tmp_path):
+    from esr_eval.training.sae.recipe import _merge_partial
+
+    (tmp_path / "labels.json").write_text(json.dumps({"0": "old zero", "1": "old one", "2": "old two"}))
+    (tmp_path / "latent_stats.json").write_text(json.dumps({
+        "0": {"frequency": 0.5, "max_activation": 9.0}, "1": {"frequency": 0.01, "max_activation": 3.0},
+        "2": {"frequency": 0.0, "max_activation": 0.0}}))
+    fresh = {"0": {"frequency": 0.4, "max_activation": 7.0, "coherence": 0.6, "token_share": 0.0, "topic": "tea"},
+             "1": {"frequency": 0.0, "max_activation": 0.0}, "2": {"frequency": 0.0, "max_activation": 0.0}}
+    labels, stats = _merge_partial(tmp_path, {0: "tea"}, fresh)
+    assert labels == {0: "tea", 1: "old one", 2: "old two"}  # latent 1 did not fire in the part
+    assert stats["0"] == {"frequency": 0.5, "max_activation": 9.0, "coherence": 0.6, "token_share": 0.0, "topic": "tea"}
+    assert stats["1"] == {"frequency": 0.01, "max_activation": 3.0}  # no concept stats: the filter drops it

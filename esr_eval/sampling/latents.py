@@ -64,14 +64,17 @@ def relevant_latents(lm: SteeringEngine, prompts: Sequence[list[Message]], rule:
 def offline_concreteness(dictionary: FeatureDictionary, rule: ConceptFilter = CONCEPT_FILTER) -> ConcretenessFilter | None:
     """The offline filter from `latent_stats.json` ("token_level": the latent mostly fires on
     punctuation, digits, function words or word pieces; "no_topic": its contexts share no
-    topic), or None when the stats hold no concept fields (relabel with `esr-eval label-sae`)."""
+    topic; "no_concept_stats": the latent has none), or None when the stats hold no concept
+    fields at all (relabel with `esr-eval label-sae`)."""
     stats = _latent_stats(dictionary)
     if not isinstance(stats, dict) or not any(isinstance(v, dict) and "coherence" in v for v in stats.values()):
         return None
 
     def reason(k: int) -> str | None:
         entry = stats.get(str(k)) or {}
-        if float(entry.get("token_share", 1.0)) > rule.max_token_share:
+        if "coherence" not in entry:
+            return "no_concept_stats"  # it did not fire where the labels were made
+        if float(entry["token_share"]) > rule.max_token_share:
             return "token_level"
         if float(entry.get("coherence", 0.0)) < rule.min_coherence:
             return "no_topic"

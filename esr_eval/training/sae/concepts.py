@@ -24,9 +24,9 @@ from tqdm import tqdm
 from esr_eval.config import CONCEPT_FILTER, ConceptFilter
 
 VOCABULARY_FILE = Path(__file__).resolve().parents[2] / "assets" / "concepts" / "vocabulary.txt"
-CONTEXT_BEFORE = 24  # tokens of a context window before the firing token
-CONTEXT_AFTER = 8
-MAX_CONTEXTS = 12  # windows per latent, each from its own document
+CONTEXT_BEFORE = 16  # tokens of a context window before the firing token
+CONTEXT_AFTER = 6
+MAX_CONTEXTS = 8  # windows per latent, each from its own document
 MIN_CONTEXTS = 3  # fewer distinct documents: no coherence (0)
 TOKEN_EXAMPLES = 20  # strongest examples whose firing tokens give the token share
 N_EXAMPLES = 64  # top examples to collect per latent (enough to find MAX_CONTEXTS documents)
@@ -180,10 +180,11 @@ def baseline_coherence(tokenizer, docs: list[dict], doc_index: torch.Tensor, pos
 
     rng = random.Random(seed)
     n = len(doc_index)
+    wanted = min(MAX_CONTEXTS, len(set(doc_index.tolist())))  # documents with a kept position
     picks = []
     for _ in range(draws):
         seen: dict[int, int] = {}
-        while len(seen) < min(MAX_CONTEXTS, len(docs)):
+        while len(seen) < wanted:
             row = rng.randrange(n)
             seen.setdefault(int(doc_index[row]), int(positions[row]))
         picks.append(list(seen.items()))

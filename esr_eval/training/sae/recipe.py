@@ -241,6 +241,22 @@ def train_sae(args: argparse.Namespace) -> dict:
     return record
 
 
+def _merge_partial(folder: Path, labels: dict[int, str], stats: dict[str, dict]) -> tuple[dict[int, str], dict]:
+    """Labels from part of the corpus over the earlier ones: frequency and max activation stay
+    the whole corpus's, a latent that did not fire in the part keeps its earlier label."""
+    from esr_eval.steering.dictionary import read_labels
+
+    old_labels = read_labels(folder / "labels.json") if (folder / "labels.json").exists() else {}
+    old_stats = json.loads((folder / "latent_stats.json").read_text()) if (folder / "latent_stats.json").exists() else {}
+    merged = {}
+    for key, entry in stats.items():
+        before = old_stats.get(key, {})
+        fresh = {k: v for k, v in entry.items() if k not in ("frequency", "max_activation")} if entry["frequency"] > 0 else {}
+        merged[key] = {"frequency": before.get("frequency", entry["frequency"]),
+                       "max_activation": before.get("max_activation", entry["max_activation"]), **fresh}
+    return {**old_labels, **labels}, merged
+
+
 def label_sae(args: argparse.Namespace) -> dict[int, str]:
     """Relabel a folder written by train-sae (its corpus and activations come from the cache;
     `--tokens` labels from the first tokens of that corpus only, `--dtype` collects in another dtype)."""
@@ -264,8 +280,12 @@ def label_sae(args: argparse.Namespace) -> dict[int, str]:
     train, held, _ = _activations(targs, model, train_docs, held_docs, record["corpus"]["median_norm"])
     examples, labels, concepts, summary = _label(dictionary, tokenizer, train_docs, held_docs, train, held,
                                                  args.n_examples, args.labeler)
+    stats = latent_stats(examples, concepts)
+    partial = targs.tokens < record["arguments"]["tokens"]
+    if partial:
+        labels, stats = _merge_partial(folder, labels, stats)
     atomic_write_text(folder / "labels.json", json.dumps({str(k): v for k, v in sorted(labels.items())}, indent=1))
-    atomic_write_text(folder / "latent_stats.json", json.dumps(latent_stats(examples, concepts)))
+    atomic_write_text(folder / "latent_stats.json", json.dumps(stats))
     record["labels"] = f"LLM ({args.labeler})" if args.labeler else LABELS_OFFLINE
     record["n_labels"] = len(labels)
     record["concepts"] = summary
@@ -276,6 +296,9 @@ def label_sae(args: argparse.Namespace) -> dict[int, str]:
                             + (["--labeler", str(args.labeler)] if args.labeler else [])),
         "tokens_labelled": len(train) + len(held),
         "dtype": targs.dtype,
+        **({"partial": "labels and concept stats from the first tokens of the corpus; firing frequency and max "
+                       "activation stay those of the whole training corpus; latents that do not fire in that part "
+                       "keep their earlier label and have no concept stats"} if partial else {}),
     }
     atomic_write_text(folder / "training.json", json.dumps(record, indent=2))
     print(f"{folder}: {len(labels)} labels ({record['labels']}); token-level {summary['token_level_share']:.1%}, "
