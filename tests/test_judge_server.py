@@ -5,9 +5,8 @@ bounded request count) replays what a small chat model served by vLLM does: it r
 request whose prompt plus completion budget exceeds its context (vLLM's 400 "maximum context
 length"), writes until the budget is spent when a reply never ends, answers HTTP 500, or writes
 junk code. The grader is reached the way a user reaches a local server:
-`openai-api/<service>/<model>` with `<SERVICE>_BASE_URL` and `<SERVICE>_API_KEY`. Point
-`JUDGE_SERVER_URL` at a real server to run the same recipe against it (the replayed faults are
-then the server's own).
+`openai-api/<service>/<model>` with `<SERVICE>_BASE_URL` and `<SERVICE>_API_KEY`, so a real
+server (vLLM's CPU build) can take the fixture's place with the same recipe.
 """
 
 from __future__ import annotations
