@@ -29,6 +29,27 @@ class Generation:
 
 GENERATION = Generation()
 PROVIDER_MAX_TOKENS = 512  # a request to the provider that names no budget (the paper's cap)
+# Cap on a grader's reply unless its role sets max_tokens (`--model-role 'grader={model: ...,
+# max_tokens: N}'`): the attempts JSON of a 384-token answer fits in well under 1024 tokens.
+GRADER_MAX_TOKENS = 1024
+
+
+@dataclass(frozen=True)
+class ConceptFilter:
+    """Which latents are concepts worth steering. Offline (from `latent_stats.json`, written by
+    `esr-eval label-sae`): token share at most `max_token_share` (the share of a latent's
+    strongest firing tokens that are punctuation, digits, function words or word pieces) and
+    coherence at least `min_coherence` (mean cosine of its top contexts' MiniLM embeddings; on
+    the shipped SAEs' corpora random contexts score about 0.2). With an LLM: rating >= `min_rating`."""
+
+    max_token_share: float = 0.5
+    min_coherence: float = 0.3
+    min_rating: float = 65.0  # the paper keeps labels an LLM rates >= 65 of 100
+
+
+CONCEPT_FILTER = ConceptFilter()
+CONCRETENESS_OFFLINE = "offline"  # -T concreteness=offline (the default): read latent_stats.json
+CONCRETENESS_OFF = "none"
 
 
 @dataclass(frozen=True)
@@ -41,7 +62,7 @@ class TaskArgs:
     latents: list[int] | None = None  # pin latents instead of sampling
     seed: int = 0
     relevance: str = "topk"  # or "strict"
-    concreteness: str | None = None  # a model that rates label concreteness (keeps >= 65)
+    concreteness: str = CONCRETENESS_OFFLINE  # "offline", "none", or a model that rates labels (keeps >= 65)
     target: float = 0.3  # first-attempt score (0-1) the calibration aims at
     calibration_trials: int = 10
     threshold_cache: str | None = None  # None: <cache dir>/thresholds.jsonl
@@ -171,7 +192,7 @@ class SteeredDataSettings:
 INT, FLOAT, TEXT = (int, "an integer"), (float, "a number"), (str, "text")
 TASK_CASTS = {
     "prompts": TEXT, "n_latents": INT, "prompts_per_latent": INT, "latents": (lambda v: int_list(v), "a list of integers"),
-    "seed": INT, "relevance": TEXT, "concreteness": TEXT, "target": FLOAT, "calibration_trials": INT,
+    "seed": INT, "relevance": TEXT, "concreteness": (lambda v: _concreteness(v), "offline, none or a model name"), "target": FLOAT, "calibration_trials": INT,
     "threshold_cache": TEXT, "max_tokens": INT, "temperature": FLOAT, "top_p": FLOAT,
 }  # fmt: skip
 MODEL_CASTS = {
@@ -196,6 +217,12 @@ def _coerce_all(cls, args: dict[str, Any], flag: str, casts: dict) -> dict[str, 
         except (TypeError, ValueError):
             raise UsageError(f"{flag} {f.name}={value!r} is not {kind}: pass {kind} (or leave it out)") from None
     return out
+
+
+def _concreteness(value: Any) -> str:
+    """"offline", "none" (also off / false / no) or a model name."""
+    text = str(value).strip()
+    return CONCRETENESS_OFF if text.lower() in ("none", "off", "false", "no") else text
 
 
 def int_list(value: Any) -> list[int] | None:

@@ -13,11 +13,11 @@ import yaml
 from inspect_ai.model import Model, get_model
 
 from esr_eval.calibration.calibrator import Calibrator
-from esr_eval.config import DEFAULT_MODEL, TaskArgs
+from esr_eval.config import CONCRETENESS_OFF, CONCRETENESS_OFFLINE, DEFAULT_MODEL, TaskArgs
 from esr_eval.errors import UsageError
 from esr_eval.provider import SteeredModelAPI, steered_api
 from esr_eval.sampling.concreteness import rate_concreteness
-from esr_eval.sampling.latents import sample_latents
+from esr_eval.sampling.latents import ConcretenessFilter, offline_concreteness, rated_concreteness, sample_latents
 from esr_eval.sampling.prompts import Prompt, load_prompts
 from esr_eval.schema import FinetuneInfo
 from esr_eval.steering.dictionary import FeatureDictionary
@@ -80,6 +80,22 @@ def run_async(coro):
         return pool.submit(asyncio.run, coro).result()
 
 
+def concreteness_filter(choice: str, dictionary: FeatureDictionary) -> tuple[ConcretenessFilter | None, str | None]:
+    """(filter, note) for -T concreteness: "offline" reads the dictionary's latent_stats.json,
+    "none" keeps every latent, anything else names a model that rates the labels."""
+    if choice == CONCRETENESS_OFF:
+        return None, "concreteness filter off (-T concreteness=none)"
+    if choice == CONCRETENESS_OFFLINE:
+        found = offline_concreteness(dictionary)
+        if found is None:
+            return None, (
+                "offline concreteness filter skipped: the dictionary has no concept stats in latent_stats.json "
+                "(relabel it with `esr-eval label-sae`, or pass -T concreteness=MODEL)"
+            )
+        return found, None
+    return rated_concreteness(run_async(rate_concreteness(choice, dict(dictionary.labels)))), None
+
+
 def prepare(
     task: str,
     args: dict[str, Any],
@@ -116,13 +132,11 @@ def prepare(
     elif steer_dictionary:
         chosen = list(range(steered.d_sae))
     else:
-        ratings = None
-        if a.concreteness:
-            ratings = run_async(rate_concreteness(a.concreteness, dict(engine.dictionary.labels)))
-        else:
-            notes.append("concreteness filter skipped: no -T concreteness=MODEL given")
+        concreteness, note = concreteness_filter(a.concreteness, engine.dictionary)
+        if note:
+            notes.append(note)
         messages = [[{"role": "user", "content": p.text}] for p in prompts]
-        sampled = sample_latents(engine, a.n_latents, messages, a.seed, a.relevance, ratings, exclude=trained_on)
+        sampled = sample_latents(engine, a.n_latents, messages, a.seed, a.relevance, concreteness, exclude=trained_on)
         chosen = sampled.latents
         notes += sampled.notes
         notes.append(f"latent filters dropped {sampled.dropped}")

@@ -39,11 +39,11 @@ class Calibrator:
         dictionary_id: str | None = None,
         model: Model | None = None,
         grader: Model | None = None,
-        on_trial: Callable[[int, float, float], None] | None = None,
+        on_trial: Callable[[int, float, float | None], None] | None = None,
     ) -> None:
         """`generation` holds the GenerateConfig fields of an answer (max_tokens, temperature,
         top_p); `model` and `grader` default to the running eval's model and grader role;
-        `on_trial(latent, boost, score)` reports progress."""
+        `on_trial(latent, boost, score)` reports progress (score None: a judge error)."""
         self.api = api
         self.model = model
         self.grader = grader
@@ -95,19 +95,23 @@ class Calibrator:
             return cached
         model = self.model or get_model()
 
-        async def first_score(boost: float, trial: int) -> float:
+        async def first_score(boost: float, trial: int) -> float | None:
             prompt = self.prompts[derive_seed(self.seed, latent, trial) % len(self.prompts)]
             steering = steering_to_extra_body([Intervention(latent, boost)], self.dictionary_id)
             config = GenerateConfig(extra_body=steering, seed=derive_seed(self.seed, "calibration", latent, trial), **self.generation)
             answer = (await model.generate([ChatMessageUser(content=prompt)], config=config)).completion
             judged = await judge_answer(grader, prompt, answer, label)
-            score = 0.0 if judged.error or not judged.attempts else judged.attempts[0].score / 100.0
+            if judged.error:
+                score = None  # the judge could not grade it: no evidence about the boost
+            else:
+                score = judged.attempts[0].score / 100.0 if judged.attempts else 0.0
             if self.on_trial:
                 self.on_trial(latent, boost, score)
             return score
 
         result = await bisect_boost(first_score, await self.bounds(latent), self.target, self.max_trials)
-        self.cache.put(result, **key)
+        if result.measured:  # a threshold no trial measured is the prior: never cached
+            self.cache.put(result, **key)
         return result
 
     async def all_thresholds(self, labels: dict[int, str]) -> dict[int, float]:

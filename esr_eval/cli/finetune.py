@@ -18,7 +18,7 @@ def _make_steered_data(args: argparse.Namespace) -> int:
     from esr_eval.config import int_list
     from esr_eval.errors import UsageError
     from esr_eval.files import atomic_write_jsonl
-    from esr_eval.sampling.latents import sample_latents
+    from esr_eval.sampling.latents import offline_concreteness, sample_latents
     from esr_eval.sampling.prompts import prompt_texts
     from esr_eval.steering.load import load_engine
     from esr_eval.training.finetune.data import training_prompts
@@ -39,7 +39,8 @@ def _make_steered_data(args: argparse.Namespace) -> int:
     latents = int_list(args.latents)
     if latents is None:  # unrelated to the evaluation prompts, as the evaluation's latents are
         messages = [[{"role": "user", "content": p}] for p in prompt_texts()]
-        latents = sample_latents(engine, settings.n_latents, messages, seed=settings.seed + 1).latents
+        concrete = offline_concreteness(engine.dictionary)
+        latents = sample_latents(engine, settings.n_latents, messages, seed=settings.seed + 1, concreteness=concrete).latents
     for k in latents:
         engine.dictionary.check_latent(k)
     selection = make_steered_rows(engine, prompts, latents, settings, args.grader, args.batch_size)
