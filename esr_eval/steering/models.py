@@ -98,6 +98,22 @@ def _load_folder(name_or_path: str, dtype: torch.dtype):
     return model, tokenizer
 
 
+def plain_folder(source: str | Path) -> str:
+    """`source` as loaders that take only a Hugging Face folder or hub id want it (vLLM): a GGUF
+    file becomes its dequantised folder in the model cache, written on first use."""
+    path = Path(os.path.expanduser(str(source)))
+    if path.suffix != ".gguf":
+        return str(path) if path.is_dir() else str(source)
+    if not path.exists():
+        raise FileNotFoundError(f"GGUF file {path} does not exist: check the path")
+    folder = _gguf_cache_folder(path)
+    if not (folder / "config.json").exists():
+        _load_gguf(path, torch.float32)
+    if not (folder / "config.json").exists():
+        raise OSError(f"cannot write the dequantised model to {folder}: set ESR_EVAL_CACHE to a writable folder")
+    return str(folder)
+
+
 def load_causal_lm(source: str | Path, dtype: str | torch.dtype = "float32", device: str = "cpu"):
     """(model, tokenizer) in eval mode, left padding, with a pad token."""
     dtype = parse_dtype(dtype)
