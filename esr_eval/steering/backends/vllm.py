@@ -73,9 +73,13 @@ def check_parallel(tensor_parallel_size: int, pipeline_parallel_size: int, serve
         )
 
 
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
 def require_vllm(server: bool) -> None:
     """vllm-lens always (steering vectors, hooks, tensor transport); vLLM itself in process."""
-    missing = [m for m in (("vllm_lens",) if server else ("vllm", "vllm_lens")) if importlib.util.find_spec(m) is None]
+    missing = [m for m in (("vllm_lens",) if server else ("vllm", "vllm_lens")) if not installed(m)]
     if missing:
         names = " and ".join(m.replace("_", "-") for m in missing)
         raise UsageError(f"-M engine=vllm needs {names}, which is not installed: run `{PIP_INSTALL}` on a GPU machine ({CPU_RECIPE})")
