@@ -102,9 +102,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--base-url", default=None, help="a vllm serve endpoint instead of an in-process engine")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of this process (the HF backend); vLLM's workers pick their own")
     args = parser.parse_args(argv)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU build
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from esr_eval.steering.backends.hf import SteeredLM
     from esr_eval.steering.backends.vllm import VLLMEngine
