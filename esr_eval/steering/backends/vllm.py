@@ -44,6 +44,7 @@ from esr_eval.steering.presets import resolve_model
 PIP_INSTALL = 'pip install "esr-eval[vllm]"'
 CPU_RECIPE = "the README's vLLM section has the CPU recipe"
 SERVER_TIMEOUT_S = 3600.0
+READ_ROWS = 64  # rows per read-out call: bounds the residuals a worker holds at once
 
 
 # ---------------------------------------------------------------- checks before any load
@@ -444,12 +445,12 @@ class VLLMEngine(SteeringEngine):
         batch_size: int = 8,
     ) -> list[torch.Tensor]:
         """As the HF backend: [answer_tokens, n_latents] per (messages, answer), read after any
-        steering of that row. vLLM batches the rows itself; `batch_size` only bounds a call."""
+        steering of that row. vLLM batches the rows itself, `READ_ROWS` (or more) per call."""
         if self.dictionary is None:
             raise ValueError("reading latents needs a dictionary: pass -M dictionary=... or a preset")
         idx = torch.tensor(list(latents), dtype=torch.long) if latents is not None else None
         out: list[torch.Tensor] = []
-        chunk = max(batch_size, 64)
+        chunk = max(batch_size, READ_ROWS)
         for start in range(0, len(conversations), chunk):
             part = conversations[start : start + chunk]
             answers = [self.tokenizer(answer, add_special_tokens=False)["input_ids"] for _, answer in part]
