@@ -102,6 +102,9 @@ class TaskArgs:
         return {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p}
 
 
+ENGINES = ("hf", "vllm")
+
+
 @dataclass(frozen=True)
 class ModelArgs:
     """`-M` arguments of the `steered/` provider."""
@@ -113,6 +116,10 @@ class ModelArgs:
     device: str = "cpu"
     max_batch_size: int = 16
     repetition_penalty: float | None = None  # None: the preset's, else GENERATION's
+    engine: str = "hf"  # or "vllm" (vllm-lens; in process, or a `vllm serve` at --model-base-url)
+    tensor_parallel_size: int = 1  # vllm only
+    pipeline_parallel_size: int = 1  # vllm only
+    max_model_len: int | None = None  # vllm only; None: the model's context length
 
     @classmethod
     def names(cls) -> list[str]:
@@ -126,7 +133,23 @@ class ModelArgs:
         parsed = cls(**_coerce_all(cls, args, "-M", MODEL_CASTS))
         if parsed.max_batch_size < 1:
             raise UsageError(f"-M max_batch_size={parsed.max_batch_size} must be at least 1")
+        if parsed.engine not in ENGINES:
+            raise UsageError(f"-M engine={parsed.engine!r} is unknown: use one of {', '.join(ENGINES)}")
+        if parsed.engine != "vllm" and (parsed.tensor_parallel_size, parsed.pipeline_parallel_size, parsed.max_model_len) != (1, 1, None):
+            raise UsageError("tensor_parallel_size, pipeline_parallel_size and max_model_len are vLLM settings: add -M engine=vllm")
         return parsed
+
+    def vllm_args(self, base_url: str | None = None) -> dict[str, Any]:
+        """The keyword arguments of `VLLMEngine.load` (none for the HF engine)."""
+        if self.engine != "vllm":
+            return {}
+        return {
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "pipeline_parallel_size": self.pipeline_parallel_size,
+            "max_model_len": self.max_model_len,
+            "max_num_seqs": self.max_batch_size,
+            "base_url": base_url,
+        }
 
 
 @dataclass(frozen=True)
@@ -197,7 +220,8 @@ TASK_CASTS = {
 }  # fmt: skip
 MODEL_CASTS = {
     "dictionary": TEXT, "layer": INT, "labels": TEXT, "dtype": TEXT, "device": TEXT,
-    "max_batch_size": INT, "repetition_penalty": FLOAT,
+    "max_batch_size": INT, "repetition_penalty": FLOAT, "engine": TEXT, "tensor_parallel_size": INT,
+    "pipeline_parallel_size": INT, "max_model_len": INT,
 }  # fmt: skip
 
 

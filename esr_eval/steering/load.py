@@ -20,12 +20,20 @@ def load_engine(
     labels: str | None = None,
     dtype: str = "float32",
     device: str = "cpu",
+    engine: str = "hf",
+    **vllm_args,
 ) -> SteeringEngine:
-    """One engine per (model, dictionary, layer, labels, dtype, device) per process."""
-    key = (model, dictionary, None if layer is None else int(layer), labels, dtype, device)
+    """One engine per (model, dictionary, layer, labels, dtype, device, engine and its
+    settings) per process. `vllm_args`: `VLLMEngine.load`'s keywords (`ModelArgs.vllm_args`)."""
+    key = (model, dictionary, None if layer is None else int(layer), labels, dtype, device, engine, tuple(sorted(vllm_args.items())))
     with _engines_lock:
         if key not in _engines:
-            _engines[key] = SteeredLM.load(model, dictionary, layer, labels, dtype, device)
+            if engine == "vllm":
+                from esr_eval.steering.backends.vllm import VLLMEngine
+
+                _engines[key] = VLLMEngine.load(model, dictionary, layer, labels, dtype, device, **vllm_args)
+            else:
+                _engines[key] = SteeredLM.load(model, dictionary, layer, labels, dtype, device)
         return _engines[key]
 
 

@@ -101,3 +101,20 @@ PRESETS: dict[str, Preset] = {
 
 def get_preset(name: str) -> Preset | None:
     return PRESETS.get(name)
+
+
+def resolve_model(
+    source: str, dictionary: str | None = None, layer: int | None = None
+) -> tuple[str, str | None, int | None, bool]:
+    """(model source, dictionary spec, layer, chat template?) for `source` (a preset name, hub id,
+    folder or .gguf) and `dictionary` (a preset name, folder or RELEASE/SAE_ID; a model preset
+    brings its own), as every backend resolves them."""
+    preset = get_preset(source)
+    dict_preset = get_preset(dictionary) if dictionary else None
+    dict_spec = dict_preset.dictionary if dict_preset else dictionary or (preset.dictionary if preset else None)
+    if dict_preset and layer is None:
+        layer = dict_preset.layer
+    elif preset and dictionary is None and layer is None:
+        layer = preset.layer
+    model_source = preset.model_source() if preset else source
+    return model_source, dict_spec, layer, preset.chat_template if preset else True
