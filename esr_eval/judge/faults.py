@@ -90,7 +90,7 @@ def text_faults(answer: str, attempts: Sequence[Attempt]) -> list[str]:
 
 def count_restart_sentences(answer: str) -> int:
     """Units of the answer that read as a restart on their own, at a generous threshold."""
-    from esr_eval.judge.embedding import embed
+    from esr_eval.embedding import embed
     from esr_eval.judge.restarts import restart_classifier, split_units
 
     units = split_units(answer)

@@ -33,7 +33,7 @@ from inspect_ai.model import (
 )
 from inspect_ai.tool import ToolChoice, ToolInfo
 
-from esr_eval.judge.embedding import EMBEDDER_PACKAGE, embed, embedder  # noqa: F401 (re-exported)
+from esr_eval.embedding import embed
 from esr_eval.judge.protocol import rubric_sections
 from esr_eval.judge.restarts import Unit, normalise, restart_classifier, split_units
 from esr_eval.judge.text import is_degraded

@@ -104,7 +104,7 @@ def cross_validate(vectors: np.ndarray, labels: np.ndarray, groups: list[str], c
 
 
 def train(c: float = DEFAULT_C, set_path: str | Path | None = None, sentences: Path = SENTENCES_PATH) -> RestartClassifier:
-    from esr_eval.judge.embedding import EMBEDDER_NAME, embed
+    from esr_eval.embedding import EMBEDDER_NAME, embed
 
     rows = load_validation_set(set_path, "dev")
     units = training_units(rows, sentences)

@@ -22,6 +22,7 @@ from inspect_ai.model import (
 from inspect_ai.tool import ToolChoice, ToolInfo
 
 from esr_eval.config import GENERATION, PROVIDER, PROVIDER_MAX_TOKENS, ModelArgs
+from esr_eval.errors import UsageError
 from esr_eval.provider.batcher import Batcher
 from esr_eval.steering.engine import GenerationRequest, SteeringEngine
 from esr_eval.steering.intervention import steering_from_extra_body
@@ -45,6 +46,12 @@ class SteeredModelAPI(ModelAPI):
     ) -> None:
         super().__init__(model_name=model_name, base_url=base_url, api_key=api_key, config=config)
         self.args = ModelArgs.parse(model_args)
+        if self.args.engine == "vllm":
+            from esr_eval.steering.backends.vllm import preflight
+
+            preflight(self.args.tensor_parallel_size, self.args.pipeline_parallel_size, self.base_url)
+        elif self.base_url is not None:
+            raise UsageError("--model-base-url names a vLLM server: add -M engine=vllm (the HF engine runs in process)")
         self.source = model_name
         preset = get_preset(model_name)
         default_penalty = preset.repetition_penalty if preset else GENERATION.repetition_penalty
@@ -53,14 +60,16 @@ class SteeredModelAPI(ModelAPI):
 
     @functools.cached_property
     def model_key(self) -> str:
-        """Identity of the weights for caches: the source, hashed when it is a local path."""
-        return model_fingerprint(self.source)
+        """Identity of the weights for caches: the source, hashed when it is a local path (or a
+        preset that ships an adapter)."""
+        preset = get_preset(self.source)
+        return preset.model_key() if preset else model_fingerprint(self.source)
 
     @property
     def engine(self) -> SteeringEngine:
         """Loaded on first use (Inspect may build a provider only to read its info)."""
         a = self.args
-        return load_engine(self.source, a.dictionary, a.layer, a.labels, a.dtype, a.device)
+        return load_engine(self.source, a.dictionary, a.layer, a.labels, a.dtype, a.device, a.engine, **a.vllm_args(self.base_url))
 
     def dictionary_id(self) -> str | None:
         return self.engine.dictionary_id

@@ -6,7 +6,7 @@ import threading
 
 from esr_eval.steering.backends.hf import SteeredLM
 from esr_eval.steering.engine import SteeringEngine
-from esr_eval.steering.models import load_causal_lm
+from esr_eval.steering.models import apply_adapter, load_causal_lm
 from esr_eval.steering.presets import get_preset
 
 _engines: dict[tuple, SteeringEngine] = {}
@@ -20,12 +20,20 @@ def load_engine(
     labels: str | None = None,
     dtype: str = "float32",
     device: str = "cpu",
+    engine: str = "hf",
+    **vllm_args,
 ) -> SteeringEngine:
-    """One engine per (model, dictionary, layer, labels, dtype, device) per process."""
-    key = (model, dictionary, None if layer is None else int(layer), labels, dtype, device)
+    """One engine per (model, dictionary, layer, labels, dtype, device, engine and its
+    settings) per process. `vllm_args`: `VLLMEngine.load`'s keywords (`ModelArgs.vllm_args`)."""
+    key = (model, dictionary, None if layer is None else int(layer), labels, dtype, device, engine, tuple(sorted(vllm_args.items())))
     with _engines_lock:
         if key not in _engines:
-            _engines[key] = SteeredLM.load(model, dictionary, layer, labels, dtype, device)
+            if engine == "vllm":
+                from esr_eval.steering.backends.vllm import VLLMEngine
+
+                _engines[key] = VLLMEngine.load(model, dictionary, layer, labels, dtype, device, **vllm_args)
+            else:
+                _engines[key] = SteeredLM.load(model, dictionary, layer, labels, dtype, device)
         return _engines[key]
 
 
@@ -35,4 +43,6 @@ def load_unsteered_engine(model: str, dtype: str = "bfloat16", device: str = "cp
     if preset is None:
         return load_engine(model, dtype=dtype, device=device)
     lm, tokenizer = load_causal_lm(preset.model_source(), dtype=dtype, device=device)
+    if preset.adapter:
+        lm = apply_adapter(lm, preset.adapter)
     return SteeredLM(lm, tokenizer, None, name=model, chat_template=preset.chat_template)

@@ -23,8 +23,8 @@ from esr_eval.steering.engine import (
 )
 from esr_eval.steering.hooks import BatchSteering, ResidualHooks, decoder_layers
 from esr_eval.steering.intervention import Intervention
-from esr_eval.steering.models import load_causal_lm, parse_dtype
-from esr_eval.steering.presets import get_preset
+from esr_eval.steering.models import apply_adapter, load_causal_lm, parse_dtype
+from esr_eval.steering.presets import get_preset, resolve_model
 
 
 class SteeredLM(SteeringEngine):
@@ -78,24 +78,13 @@ class SteeredLM(SteeringEngine):
     ) -> "SteeredLM":
         """`source` is a preset name, a hub id, a folder or a .gguf file; `dictionary` a preset
         name, a folder or a sae-lens RELEASE/SAE_ID (a preset brings its own)."""
-        preset = get_preset(source)
-        model_source = preset.model_source() if preset else source
-        dict_preset = get_preset(dictionary) if dictionary else None
-        dict_spec = dict_preset.dictionary if dict_preset else dictionary or (preset.dictionary if preset else None)
-        if dict_preset and layer is None:
-            layer = dict_preset.layer
-        elif preset and dictionary is None and layer is None:
-            layer = preset.layer
+        model_source, dict_spec, layer, chat_template = resolve_model(source, dictionary, layer)
         feature_dict = load_dictionary(dict_spec, layer=layer, labels=labels) if dict_spec else None
         model, tokenizer = load_causal_lm(model_source, dtype=parse_dtype(dtype), device=device)
-        return cls(
-            model,
-            tokenizer,
-            feature_dict,
-            layer=layer,
-            name=source,
-            chat_template=preset.chat_template if preset else True,
-        )
+        preset = get_preset(source)
+        if preset and preset.adapter:
+            model = apply_adapter(model, preset.adapter)
+        return cls(model, tokenizer, feature_dict, layer=layer, name=source, chat_template=chat_template)
 
     def add_dictionary(self, dictionary: FeatureDictionary) -> str:
         """Make a second dictionary (e.g. a direction set) steerable; it must sit at this layer."""
