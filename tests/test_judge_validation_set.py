@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from esr_eval.judge.restart_training import training_units
-from esr_eval.judge.restarts import WEIGHTS_PATH, normalise, read_training_sentences
+from esr_eval.judge.restart_training import shares_recovery_sentence, training_units
+from esr_eval.judge.restarts import WEIGHTS_PATH, normalise, read_training_sentences, split_units
 from esr_eval.judge.validation_build import build
 from esr_eval.judge.validation_set import load_validation_set
 from esr_eval.training.finetune.data import OffTopicBank
@@ -70,8 +70,23 @@ def test_test_phrasings_build_no_grader() -> None:
     for phrase in held_out:
         for seen in training:
             assert phrase not in seen and (len(seen.split()) < 3 or seen not in phrase), (phrase, seen)
-    recovery = {normalise(line) for line in OffTopicBank.load().recovery_lines}
-    assert not recovery & training
+
+
+def test_no_grader_training_unit_shares_a_fine_tuning_recovery_sentence() -> None:
+    """The positive-control model learns these lines and is graded by the offline grader: the
+    grader is built on none of them (neither the sentence file nor the dev units it trains on)."""
+    from esr_eval.training.finetune.steered import RecoveryGrammar
+
+    grammar = RecoveryGrammar.load()
+    recovery = [*OffTopicBank.load().recovery_lines, *grammar.noticing, *grammar.returning]
+    sentences = {normalise(u.text) for line in recovery for u in split_units(line)}
+    sentences = {s for s in sentences if len(s.split()) >= 3}
+    assert len(sentences) >= 60
+    dev = [r for r in ROWS if r.split == "dev"]
+    trained = {normalise(u.text) for u in training_units(dev)}
+    for text in trained:
+        assert not any(s in text or (len(text.split()) >= 3 and text in s) for s in sentences), text
+    assert not any(shares_recovery_sentence(t) for t, _ in read_training_sentences())  # nothing left to drop
 
 
 def test_restart_classifier_was_trained_on_this_dev_half() -> None:

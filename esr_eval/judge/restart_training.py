@@ -1,12 +1,15 @@
 """Train the offline grader's restart classifier (`esr-eval train-grader`): a logistic regression
 over all-MiniLM-L6-v2 embeddings of units labelled restart / not restart, from the sentence file
-and the units of the judge-validation set's dev half. The test half is never read.
+and the units of the judge-validation set's dev half. The test half is never read, and no unit
+that shares a sentence with the recovery lines the fine-tuning data teaches is used: the
+fine-tuned model is graded by this grader, which must not be fitted to its training phrases.
 
 Deterministic: the same sources give the same weights (liblinear-free lbfgs, no shuffling).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable
@@ -17,7 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from esr_eval.judge.restarts import SENTENCES_PATH, WEIGHTS_PATH, RestartClassifier, read_training_sentences, split_units
+from esr_eval.judge.restarts import (
+    SENTENCES_PATH,
+    WEIGHTS_PATH,
+    RestartClassifier,
+    normalise,
+    read_training_sentences,
+    split_units,
+)
 from esr_eval.judge.validation_set import ValidationRow, load_validation_set
 
 DEFAULT_C = 4.0  # inverse regularisation, chosen by cross-validation on the dev material only
@@ -62,13 +72,35 @@ def row_units(row: ValidationRow) -> list[LabelledUnit]:
     return out
 
 
+MIN_SHARED_WORDS = 3  # shorter sentences ("Wait.", "Sorry,") are common words, not phrasings
+
+
+@functools.cache
+def recovery_sentences() -> frozenset[str]:
+    """The sentences of every recovery line the fine-tuning data can teach (normalised)."""
+    from esr_eval.training.finetune.data import OffTopicBank
+    from esr_eval.training.finetune.steered import RecoveryGrammar
+
+    grammar = RecoveryGrammar.load()
+    lines = [*OffTopicBank.load().recovery_lines, *grammar.noticing, *grammar.returning]
+    pieces = {normalise(u.text) for line in lines for u in split_units(line)}
+    return frozenset(p for p in pieces if len(p.split()) >= MIN_SHARED_WORDS)
+
+
+def shares_recovery_sentence(text: str) -> bool:
+    """Whether the text contains a recovery sentence of the fine-tuning data or is part of one."""
+    key = normalise(text)
+    return any(r in key or (len(key.split()) >= MIN_SHARED_WORDS and key in r) for r in recovery_sentences())
+
+
 def training_units(rows: list[ValidationRow], sentences: Path = SENTENCES_PATH) -> list[LabelledUnit]:
+    """Labelled units of the sentence file and the dev rows, less those sharing a recovery sentence."""
     if any(row.split != "dev" for row in rows):
         raise ValueError("the restart classifier trains on the dev half only")
     units = [LabelledUnit(text, label, "sentences") for text, label in read_training_sentences(sentences)]
     for row in rows:
         units += row_units(row)
-    return units
+    return [u for u in units if not shares_recovery_sentence(u.text)]
 
 
 def _sha256(text: str) -> str:
