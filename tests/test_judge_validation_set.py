@@ -97,3 +97,12 @@ def test_restart_classifier_was_trained_on_this_dev_half() -> None:
     dev = [r for r in ROWS if r.split == "dev"]
     digest = hashlib.sha256(json.dumps([r.to_dict() for r in dev], sort_keys=True).encode()).hexdigest()
     assert record["dev_rows"] == {"n": len(dev), "sha256": digest}
+
+
+def test_eval_yaml_counts_the_default_half() -> None:
+    import yaml
+
+    from esr_eval.tasks.setup import EVAL_YAML
+
+    listing = {t["name"]: t for t in yaml.safe_load(EVAL_YAML.read_text())["tasks"]}
+    assert listing["judge_validation"]["dataset_samples"] == sum(r.split == "test" for r in ROWS)

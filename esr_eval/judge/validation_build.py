@@ -153,18 +153,20 @@ def real_rows(answers: list[dict[str, Any]], labels: dict[str, dict[str, Any]]) 
 
 
 def assign_splits(rows: list[ValidationRow]) -> list[ValidationRow]:
-    """Whole latents to a half: the largest groups first, each to the half with fewer rows."""
+    """Whole latents to a half, model by model (so answers added for one model leave the other's
+    halves as they were): the largest groups first, each to the half with fewer rows."""
     from dataclasses import replace
 
     groups: dict[tuple[str, Any], list[ValidationRow]] = {}
     for row in rows:
         groups.setdefault((row.origin.get("model", ""), row.origin.get("latent")), []).append(row)
-    sizes = {"dev": 0, "test": 0}
     split_of: dict[tuple[str, Any], str] = {}
-    for key in sorted(groups, key=lambda k: (-len(groups[k]), str(k))):
-        half = min(sizes, key=lambda s: (sizes[s], s))
-        split_of[key] = half
-        sizes[half] += len(groups[key])
+    for model in sorted({model for model, _ in groups}):
+        sizes = {"dev": 0, "test": 0}
+        for key in sorted((k for k in groups if k[0] == model), key=lambda k: (-len(groups[k]), str(k))):
+            half = min(sizes, key=lambda s: (sizes[s], s))
+            split_of[key] = half
+            sizes[half] += len(groups[key])
     return [replace(row, split=split_of[(row.origin.get("model", ""), row.origin.get("latent"))]) for row in rows]
 
 
