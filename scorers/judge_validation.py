@@ -11,7 +11,13 @@ from inspect_ai.solver import TaskState
 
 from esr_eval.judge.faults import judge_faults
 from esr_eval.judge.protocol import Attempt
-from esr_eval.judge.validation import METRIC_NAMES, Comparison, compare, metric_description, metric_value
+from esr_eval.judge.validation import (
+    METRIC_NAMES,
+    Comparison,
+    compare,
+    metric_description,
+    metric_value,
+)
 
 JUDGED = "judged"  # TaskState.store key of the grader's reply, written by the task's solver
 

@@ -176,7 +176,9 @@ def test_calibrate_command_fills_then_reuses_cache(tiny_model_dir, tiny_sae_dir,
     assert main(argv) == 0
     rows = [json.loads(line) for line in cache.read_text().splitlines()]
     assert sorted(r["latent"] for r in rows) == [1, 2]
-    assert all(r["grader"] == "esr_judge/minilm@2" and r["calibration_trials"] == 2 and 1 <= r["trials"] <= 2 for r in rows)
+    from esr_eval.judge.offline import GRADER_VERSION
+
+    assert all(r["grader"] == f"esr_judge/minilm@{GRADER_VERSION}" and r["calibration_trials"] == 2 and 1 <= r["trials"] <= 2 for r in rows)
     capsys.readouterr()
     assert main(argv) == 0
     assert capsys.readouterr().out.count("yes") == 2  # both thresholds came from the cache

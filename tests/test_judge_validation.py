@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from esr_eval.tasks.judge_validation import judge_validation
 from inspect_ai import eval
 from inspect_ai.model import ChatMessage, ModelOutput, ModelUsage, get_model
 
@@ -26,7 +27,6 @@ from esr_eval.judge.validation import (
 )
 from esr_eval.judge.validation_build import attempts_from_boundaries
 from esr_eval.judge.validation_set import ValidationRow
-from esr_eval.tasks.judge_validation import judge_validation
 
 PROMPT = "Explain how to brew coffee with a French press."
 LABEL = "volcanoes"
@@ -107,7 +107,9 @@ def test_task_metrics_are_exact(set_file: Path, tmp_path: Path) -> None:
     assert list(values) == METRIC_NAMES  # every figure and bound its own entry
     for name, value in EXPECTED.items():
         assert values[name] == pytest.approx(value), name
-    from scipy.stats import beta  # Clopper-Pearson bounds of 4/7 from the beta quantiles
+    from scipy.stats import (
+        beta,  # Clopper-Pearson bounds of 4/7 from the beta quantiles
+    )
 
     assert values["count_accuracy_ci_low"] == pytest.approx(beta.ppf(0.025, 4, 4))
     assert values["count_accuracy_ci_high"] == pytest.approx(beta.ppf(0.975, 5, 3))

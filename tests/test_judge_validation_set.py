@@ -7,7 +7,12 @@ import json
 from collections import Counter
 
 from esr_eval.judge.restart_training import shares_recovery_sentence, training_units
-from esr_eval.judge.restarts import WEIGHTS_PATH, normalise, read_training_sentences, split_units
+from esr_eval.judge.restarts import (
+    WEIGHTS_PATH,
+    normalise,
+    read_training_sentences,
+    split_units,
+)
 from esr_eval.judge.validation_build import build
 from esr_eval.judge.validation_set import load_validation_set
 from esr_eval.training.finetune.data import OffTopicBank
@@ -101,7 +106,6 @@ def test_restart_classifier_was_trained_on_this_dev_half() -> None:
 
 def test_eval_yaml_counts_the_default_half() -> None:
     import yaml
-
     from esr_eval.tasks.setup import EVAL_YAML
 
     listing = {t["name"]: t for t in yaml.safe_load(EVAL_YAML.read_text())["tasks"]}

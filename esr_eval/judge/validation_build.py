@@ -21,7 +21,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from esr_eval.judge.validation_set import SET_DIR, SET_PATH, LabelledAttempt, ValidationRow
+from esr_eval.judge.validation_set import (
+    SET_DIR,
+    SET_PATH,
+    LabelledAttempt,
+    ValidationRow,
+)
 
 SOURCES = SET_DIR / "sources"
 WRITTEN = {"dev": SOURCES / "written_dev.txt", "test": SOURCES / "written_test.txt"}
