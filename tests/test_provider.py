@@ -31,9 +31,9 @@ def test_concurrent_samples_batch_and_keep_their_own_steering(tiny_model_dir, ti
     labels = tmp_path / "labels.json"  # a fresh engine key: this test counts the loads
     labels.write_text(json.dumps({str(k): f"latent {k}" for k in range(64)}))
     loads, batches = [], []
-    real_load, real_generate = SteeredLM.load, SteeredLM.generate
+    real_load, real_generate, real_decode = SteeredLM.load, SteeredLM.generate, SteeredLM._decode
     monkeypatch.setattr(SteeredLM, "load", classmethod(lambda cls, *a, **k: loads.append(a) or real_load.__func__(cls, *a, **k)))
-    monkeypatch.setattr(SteeredLM, "generate", lambda self, reqs: batches.append(len(reqs)) or real_generate(self, reqs))
+    monkeypatch.setattr(SteeredLM, "_decode", lambda self, batch: batches.append(len(batch)) or real_decode(self, batch))
 
     specs = [(None, 0.0, "add"), (3, 30.0, "add"), (9, 0.0, "clamp"), (5, -20.0, "add")] * 2
     samples = [
@@ -51,7 +51,7 @@ def test_concurrent_samples_batch_and_keep_their_own_steering(tiny_model_dir, ti
     )[0]
     assert log.status == "success", log.error
     assert len(loads) == 1  # the provider reuses the engine loaded above
-    assert max(batches) > 1  # concurrent samples shared a forward pass
+    assert max(batches) > 1  # concurrent samples shared decode steps
     for sample in sorted(log.samples, key=lambda s: s.id):
         k, v, m = specs[sample.id]
         alone = real_generate(lm, [GenerationRequest([{"role": "user", "content": sample.input}], [Intervention(k, v, m)] if k is not None else [], 10, 0.0, seed=sample.id)])[0]
