@@ -29,6 +29,8 @@ class Generation:
 
 GENERATION = Generation()
 PROVIDER_MAX_TOKENS = 512  # a request to the provider that names no budget (the paper's cap)
+ENGINES = ("hf", "vllm")  # -M engine=...: the backends behind the steered/ provider
+DEFAULT_DTYPE = "bfloat16"  # measured: see benchmarks/steered_throughput.py and docs/notes/engine.md
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,8 @@ class TaskArgs:
     relevance: str = "topk"  # or "strict"
     concreteness: str | None = None  # a model that rates label concreteness (keeps >= 65)
     target: float = 0.3  # first-attempt score (0-1) the calibration aims at
-    calibration_trials: int = 10
+    calibration_trials: int = 6  # scored answers per latent in calibration, over all rounds
+    calibration_rounds: int = 2  # sequential rounds (1-4); each probes several boosts at once
     threshold_cache: str | None = None  # None: <cache dir>/thresholds.jsonl
     max_tokens: int = GENERATION.max_tokens
     temperature: float = GENERATION.temperature
@@ -72,6 +75,7 @@ class TaskArgs:
                 concreteness=None if given.get("concreteness") is None else str(given["concreteness"]),
                 target=float(given.get("target", cls.target)),
                 calibration_trials=int(given.get("calibration_trials", cls.calibration_trials)),
+                calibration_rounds=int(given.get("calibration_rounds", cls.calibration_rounds)),
                 threshold_cache=None if given.get("threshold_cache") is None else str(given["threshold_cache"]),
                 max_tokens=int(given.get("max_tokens", cls.max_tokens)),
                 temperature=float(given.get("temperature", cls.temperature)),
@@ -91,6 +95,8 @@ class TaskArgs:
             raise UsageError(f"relevance {self.relevance!r} is unknown: use topk or strict")
         if self.n_latents < 1 or self.prompts_per_latent < 1 or self.calibration_trials < 1 or self.max_tokens < 1:
             raise UsageError("n_latents, prompts_per_latent, calibration_trials and max_tokens must be at least 1")
+        if not 1 <= self.calibration_rounds <= 4:
+            raise UsageError(f"calibration_rounds {self.calibration_rounds} must be 1..4")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise UsageError(f"temperature {self.temperature} must be >= 0 and top_p {self.top_p} in (0, 1]")
 
@@ -106,10 +112,13 @@ class ModelArgs:
     dictionary: str | None = None  # SAE / direction-set folder, sae-lens RELEASE/SAE_ID or preset
     layer: int | None = None
     labels: str | None = None
-    dtype: str = "float32"
+    dtype: str | None = None  # None: the preset's, else DEFAULT_DTYPE
     device: str = "cpu"
-    max_batch_size: int = 16
+    max_batch_size: int = 64  # rows decoding at once: the default eval keeps about 40 in flight
     repetition_penalty: float | None = None  # None: the preset's, else GENERATION's
+    engine: str = "hf"  # one of ENGINES
+    device_map: str | dict | None = None  # "auto" (accelerate) or module -> device; None: the preset's, else all on `device`
+    max_memory: dict | None = None  # device -> size ("0=70GiB,1=70GiB,cpu=200GiB"); implies device_map=auto
 
     @classmethod
     def names(cls) -> list[str]:
@@ -126,16 +135,56 @@ class ModelArgs:
                 dictionary=None if given.get("dictionary") is None else str(given["dictionary"]),
                 layer=None if given.get("layer") is None else int(given["layer"]),
                 labels=None if given.get("labels") is None else str(given["labels"]),
-                dtype=str(given.get("dtype", cls.dtype)),
+                dtype=None if given.get("dtype") is None else str(given["dtype"]),
                 device=str(given.get("device", cls.device)),
                 max_batch_size=int(given.get("max_batch_size", cls.max_batch_size)),
                 repetition_penalty=None if given.get("repetition_penalty") is None else float(given["repetition_penalty"]),
+                engine=str(given.get("engine", cls.engine)),
+                device_map=_device_map(given.get("device_map")),
+                max_memory=parse_max_memory(given.get("max_memory")),
             )
         except (TypeError, ValueError) as err:
             raise UsageError(f"cannot read the model args ({err}): check the -M values") from None
         if parsed.max_batch_size < 1:
             raise UsageError(f"max_batch_size {parsed.max_batch_size} must be at least 1")
+        check_engine(parsed.engine)
+        if parsed.dtype is not None and parsed.dtype not in DTYPES:
+            raise UsageError(f"dtype {parsed.dtype!r} is unknown: use one of {', '.join(DTYPES)}")
         return parsed
+
+    def backend_args(self) -> dict[str, Any]:
+        """The backend's own load arguments (`Engine.load(..., **backend_args)`), given ones only."""
+        given = {"device_map": self.device_map, "max_memory": self.max_memory} if self.engine == "hf" else {}
+        return {k: v for k, v in given.items() if v is not None}
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_engine(name: str) -> None:
+    from esr_eval.errors import UsageError
+
+    if name not in ENGINES:
+        raise UsageError(f"engine {name!r} is unknown: use one of {', '.join(ENGINES)} (-M engine=hf)")
+
+
+def parse_max_memory(value: Any) -> dict[int | str, str] | None:
+    """`-M max_memory` as accelerate wants it: `{0: "70GiB", "cpu": "200GiB"}`, from a dict or
+    "0=70GiB,1=70GiB,cpu=200GiB"; device indices become ints."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        pairs = [item.split("=", 1) for item in value.strip("{}").split(",") if item.strip()]
+        if any(len(p) != 2 for p in pairs):
+            raise ValueError(f"max_memory {value!r} is not DEVICE=SIZE,...")
+        value = {k.strip(): v.strip() for k, v in pairs}
+    if not isinstance(value, dict):
+        raise ValueError(f"max_memory {value!r} is not DEVICE=SIZE,...")
+    return {int(k) if str(k).isdigit() else str(k): v if isinstance(v, int) else str(v) for k, v in value.items()}
+
+
+def _device_map(value: Any) -> str | dict | None:
+    return value if value is None or isinstance(value, dict) else str(value)
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,37 @@
-"""Building engines: one per configuration per process, from a preset, hub id, folder or GGUF."""
+"""Building engines: one per configuration per process, from a preset, hub id, folder or GGUF, on
+the backend `-M engine=` names (hf: Hugging Face transformers, in process; vllm: vLLM with
+vllm-lens, an optional extra imported only when asked for)."""
 
 from __future__ import annotations
 
+import importlib.util
 import threading
+from typing import Any
 
-from esr_eval.steering.backends.hf import SteeredLM
+from esr_eval.config import check_engine
 from esr_eval.steering.engine import SteeringEngine
-from esr_eval.steering.models import load_causal_lm
-from esr_eval.steering.presets import get_preset
+
+VLLM_INSTALL = 'pip install "esr-eval[vllm]"'
 
 _engines: dict[tuple, SteeringEngine] = {}
 _engines_lock = threading.Lock()
+
+
+def engine_class(engine: str = "hf") -> type[SteeringEngine]:
+    """The backend's engine class; a one-line UsageError for an unknown name or a missing extra,
+    before anything loads."""
+    from esr_eval.errors import UsageError
+
+    check_engine(engine)
+    if engine == "hf":
+        from esr_eval.steering.backends.hf import SteeredLM
+
+        return SteeredLM
+    if importlib.util.find_spec("vllm") is None:
+        raise UsageError(f"engine=vllm needs vLLM, which is not installed: run `{VLLM_INSTALL}` (GPU) or see the README for the CPU build")
+    from esr_eval.steering.backends.vllm import VLLMEngine  # exposes load(source, dictionary, layer, labels, dtype, device, **vllm_args)
+
+    return VLLMEngine
 
 
 def load_engine(
@@ -18,21 +39,30 @@ def load_engine(
     dictionary: str | None = None,
     layer: int | None = None,
     labels: str | None = None,
-    dtype: str = "float32",
+    dtype: str | None = None,
     device: str = "cpu",
+    engine: str = "hf",
+    **backend_args: Any,
 ) -> SteeringEngine:
-    """One engine per (model, dictionary, layer, labels, dtype, device) per process."""
-    key = (model, dictionary, None if layer is None else int(layer), labels, dtype, device)
+    """One engine per (backend, model, dictionary, layer, labels, dtype, device, backend args) per
+    process. `backend_args` go to the backend's `load` (hf: device_map, max_memory)."""
+    cls = engine_class(engine)
+    key = (engine, model, dictionary, None if layer is None else int(layer), labels, dtype, device, repr(sorted(backend_args.items())))
     with _engines_lock:
         if key not in _engines:
-            _engines[key] = SteeredLM.load(model, dictionary, layer, labels, dtype, device)
+            _engines[key] = cls.load(model, dictionary, layer, labels, dtype, device, **backend_args)  # type: ignore[attr-defined]
         return _engines[key]
 
 
-def load_unsteered_engine(model: str, dtype: str = "bfloat16", device: str = "cpu") -> SteeringEngine:
+def load_unsteered_engine(model: str, dtype: str | None = None, device: str = "cpu") -> SteeringEngine:
     """An engine with no dictionary, for unsteered answers (a preset's SAE is not loaded)."""
+    from esr_eval.steering.backends.hf import SteeredLM
+    from esr_eval.steering.models import load_causal_lm, resolve_dtype
+    from esr_eval.steering.presets import get_preset
+
     preset = get_preset(model)
     if preset is None:
         return load_engine(model, dtype=dtype, device=device)
-    lm, tokenizer = load_causal_lm(preset.model_source(), dtype=dtype, device=device)
+    device_map, dtype = preset.placement(None, dtype, device)
+    lm, tokenizer = load_causal_lm(preset.model_source(), dtype=resolve_dtype(dtype, device_map or device), device=device, device_map=device_map)
     return SteeredLM(lm, tokenizer, None, name=model, chat_template=preset.chat_template)
