@@ -56,17 +56,19 @@ def main() -> None:
         return out
 
     answers: dict[tuple[str, bool], list[list[int]]] = {}
-    speed: dict[str, float] = {}
-    for dtype, lm in engines.items():
+    made = {dtype: 0 for dtype in engines}
+    spent = {dtype: 0.0 for dtype in engines}
+    for lm in engines.values():
         lm.generate(requests(False)[:2])  # warm-up
-        made, spent = 0, 0.0
-        for steered in (False, True):
+    # interleaved, in alternating order, so a change in the machine's load hits both dtypes alike
+    for steered, order in ((False, ("float32", "bfloat16")), (True, ("bfloat16", "float32"))):
+        for dtype in order:
             start = time.perf_counter()
-            results = lm.generate(requests(steered), max_batch_size=args.batch)
-            spent += time.perf_counter() - start
-            made += sum(r.completion_tokens for r in results)
+            results = engines[dtype].generate(requests(steered), max_batch_size=args.batch)
+            spent[dtype] += time.perf_counter() - start
+            made[dtype] += sum(r.completion_tokens for r in results)
             answers[dtype, steered] = [r.token_ids for r in results]
-        speed[dtype] = made / spent
+    speed = {dtype: made[dtype] / spent[dtype] for dtype in engines}
     print(f"{args.model}, {len(prompts)} prompts x {args.tokens} greedy tokens, batch {args.batch}, torch threads {torch.get_num_threads()}")
     print(f"  fp32 {speed['float32']:.1f} tok/s, bf16 {speed['bfloat16']:.1f} tok/s")
     print(f"bf16 / fp32 tokens/s: {speed['bfloat16'] / speed['float32']:.2f}")

@@ -119,6 +119,23 @@ class SteeringEngine(ABC):
     dtype: str  # the weights' dtype ("bfloat16"): answers, hence thresholds, depend on it
     max_batch_size: int = 64  # rows in flight for submitted requests (the provider sets -M max_batch_size)
 
+    @classmethod
+    def load(
+        cls,
+        source: str,
+        dictionary: str | None = None,
+        layer: int | None = None,
+        labels: str | None = None,
+        dtype: str | None = None,
+        device: str = "cpu",
+        **backend_args: Any,
+    ) -> "SteeringEngine":
+        """Build the engine from a preset name, hub id, folder or GGUF file and a dictionary spec
+        (`esr_eval.steering.load.load_engine` calls it once per configuration). `dtype` None: the
+        preset's (`Preset.placement`), else config.DEFAULT_DTYPE. `backend_args` are the backend's
+        own -M args (`ModelArgs.backend_args()`)."""
+        raise NotImplementedError(f"{cls.__name__} does not implement load")
+
     @staticmethod
     def dictionary_key(dictionary: FeatureDictionary) -> str:
         return f"{dictionary.name}@{dictionary.layer}"

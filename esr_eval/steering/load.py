@@ -50,7 +50,7 @@ def load_engine(
     key = (engine, model, dictionary, None if layer is None else int(layer), labels, dtype, device, repr(sorted(backend_args.items())))
     with _engines_lock:
         if key not in _engines:
-            _engines[key] = cls.load(model, dictionary, layer, labels, dtype, device, **backend_args)  # type: ignore[attr-defined]
+            _engines[key] = cls.load(model, dictionary, layer, labels, dtype, device, **backend_args)
         return _engines[key]
 
 
