@@ -29,8 +29,28 @@ class Generation:
 
 GENERATION = Generation()
 PROVIDER_MAX_TOKENS = 512  # a request to the provider that names no budget (the paper's cap)
-ENGINES = ("hf", "vllm")  # -M engine=...: the backends behind the steered/ provider
 DEFAULT_DTYPE = "bfloat16"  # measured: see benchmarks/steered_throughput.py and docs/notes/engine.md
+# Cap on a grader's reply unless its role sets max_tokens (`--model-role 'grader={model: ...,
+# max_tokens: N}'`): the attempts JSON of a 384-token answer fits in well under 1024 tokens.
+GRADER_MAX_TOKENS = 1024
+
+
+@dataclass(frozen=True)
+class ConceptFilter:
+    """Which latents are concepts worth steering. Offline (from `latent_stats.json`, written by
+    `esr-eval label-sae`): token share at most `max_token_share` (the share of a latent's
+    strongest firing tokens that are punctuation, digits, function words or word pieces) and
+    coherence at least `min_coherence` (mean cosine of its top contexts' MiniLM embeddings; on
+    the shipped SAEs' corpora random contexts score about 0.2). With an LLM: rating >= `min_rating`."""
+
+    max_token_share: float = 0.5
+    min_coherence: float = 0.3
+    min_rating: float = 65.0  # the paper keeps labels an LLM rates >= 65 of 100
+
+
+CONCEPT_FILTER = ConceptFilter()
+CONCRETENESS_OFFLINE = "offline"  # -T concreteness=offline (the default): read latent_stats.json
+CONCRETENESS_OFF = "none"
 
 
 @dataclass(frozen=True)
@@ -43,7 +63,7 @@ class TaskArgs:
     latents: list[int] | None = None  # pin latents instead of sampling
     seed: int = 0
     relevance: str = "topk"  # or "strict"
-    concreteness: str | None = None  # a model that rates label concreteness (keeps >= 65)
+    concreteness: str = CONCRETENESS_OFFLINE  # "offline", "none", or a model that rates labels (keeps >= 65)
     target: float = 0.3  # first-attempt score (0-1) the calibration aims at
     calibration_trials: int = 6  # scored answers per latent in calibration, over all rounds
     calibration_rounds: int = 2  # sequential rounds (1-4); each probes several boosts at once
@@ -60,29 +80,10 @@ class TaskArgs:
     def parse(cls, args: dict[str, Any], task: str, own: tuple[str, ...] = ()) -> "TaskArgs":
         """Coerce `-T` values (YAML gives strings, ints or lists) and check them; an unknown name
         is an error that lists the accepted ones (the task's own included)."""
-        from esr_eval.errors import UsageError, unknown_names
+        from esr_eval.errors import unknown_names
 
         unknown_names(args, [*cls.names(), *own], f"task args for {task}")
-        given = {k: v for k, v in args.items() if v is not None and v != ""}
-        try:
-            parsed = cls(
-                prompts=None if given.get("prompts") is None else str(given["prompts"]),
-                n_latents=int(given.get("n_latents", cls.n_latents)),
-                prompts_per_latent=int(given.get("prompts_per_latent", cls.prompts_per_latent)),
-                latents=int_list(given.get("latents")),
-                seed=int(given.get("seed", cls.seed)),
-                relevance=str(given.get("relevance", cls.relevance)),
-                concreteness=None if given.get("concreteness") is None else str(given["concreteness"]),
-                target=float(given.get("target", cls.target)),
-                calibration_trials=int(given.get("calibration_trials", cls.calibration_trials)),
-                calibration_rounds=int(given.get("calibration_rounds", cls.calibration_rounds)),
-                threshold_cache=None if given.get("threshold_cache") is None else str(given["threshold_cache"]),
-                max_tokens=int(given.get("max_tokens", cls.max_tokens)),
-                temperature=float(given.get("temperature", cls.temperature)),
-                top_p=float(given.get("top_p", cls.top_p)),
-            )
-        except (TypeError, ValueError) as err:
-            raise UsageError(f"cannot read the task args of {task} ({err}): check the -T values") from None
+        parsed = cls(**_coerce_all(cls, args, "-T", TASK_CASTS))
         parsed.check()
         return parsed
 
@@ -105,6 +106,9 @@ class TaskArgs:
         return {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p}
 
 
+ENGINES = ("hf", "vllm")
+
+
 @dataclass(frozen=True)
 class ModelArgs:
     """`-M` arguments of the `steered/` provider."""
@@ -116,9 +120,12 @@ class ModelArgs:
     device: str = "cpu"
     max_batch_size: int = 64  # rows decoding at once: the default eval keeps about 40 in flight
     repetition_penalty: float | None = None  # None: the preset's, else GENERATION's
-    engine: str = "hf"  # one of ENGINES
-    device_map: str | dict | None = None  # "auto" (accelerate) or module -> device; None: the preset's, else all on `device`
-    max_memory: dict | None = None  # device -> size ("0=70GiB,1=70GiB,cpu=200GiB"); implies device_map=auto
+    engine: str = "hf"  # one of ENGINES: "hf" (transformers, in process) or "vllm" (vllm-lens; in process, or a `vllm serve` at --model-base-url)
+    device_map: str | dict | None = None  # hf: "auto" (accelerate) or module -> device; None: the preset's, else all on `device`
+    max_memory: dict | None = None  # hf: device -> size ("0=70GiB,1=70GiB,cpu=200GiB"); implies device_map=auto
+    tensor_parallel_size: int = 1  # vllm only
+    pipeline_parallel_size: int = 1  # vllm only
+    max_model_len: int | None = None  # vllm only; None: the model's context length
 
     @classmethod
     def names(cls) -> list[str]:
@@ -129,32 +136,33 @@ class ModelArgs:
         from esr_eval.errors import UsageError, unknown_names
 
         unknown_names(args, cls.names(), "model args (-M) for steered/")
-        given = {k: v for k, v in args.items() if v is not None and v != ""}
-        try:
-            parsed = cls(
-                dictionary=None if given.get("dictionary") is None else str(given["dictionary"]),
-                layer=None if given.get("layer") is None else int(given["layer"]),
-                labels=None if given.get("labels") is None else str(given["labels"]),
-                dtype=None if given.get("dtype") is None else str(given["dtype"]),
-                device=str(given.get("device", cls.device)),
-                max_batch_size=int(given.get("max_batch_size", cls.max_batch_size)),
-                repetition_penalty=None if given.get("repetition_penalty") is None else float(given["repetition_penalty"]),
-                engine=str(given.get("engine", cls.engine)),
-                device_map=_device_map(given.get("device_map")),
-                max_memory=parse_max_memory(given.get("max_memory")),
-            )
-        except (TypeError, ValueError) as err:
-            raise UsageError(f"cannot read the model args ({err}): check the -M values") from None
+        parsed = cls(**_coerce_all(cls, args, "-M", MODEL_CASTS))
         if parsed.max_batch_size < 1:
-            raise UsageError(f"max_batch_size {parsed.max_batch_size} must be at least 1")
+            raise UsageError(f"-M max_batch_size={parsed.max_batch_size} must be at least 1")
         check_engine(parsed.engine)
         if parsed.dtype is not None and parsed.dtype not in DTYPES:
-            raise UsageError(f"dtype {parsed.dtype!r} is unknown: use one of {', '.join(DTYPES)}")
+            raise UsageError(f"-M dtype={parsed.dtype!r} is unknown: use one of {', '.join(DTYPES)}")
+        if parsed.engine != "vllm" and (parsed.tensor_parallel_size, parsed.pipeline_parallel_size, parsed.max_model_len) != (1, 1, None):
+            raise UsageError("tensor_parallel_size, pipeline_parallel_size and max_model_len are vLLM settings: add -M engine=vllm")
+        if parsed.engine != "hf" and (parsed.device_map, parsed.max_memory) != (None, None):
+            raise UsageError(
+                "device_map and max_memory place the HF engine's layers: with -M engine=vllm use tensor_parallel_size "
+                "and pipeline_parallel_size instead"
+            )
         return parsed
 
-    def backend_args(self) -> dict[str, Any]:
-        """The backend's own load arguments (`Engine.load(..., **backend_args)`), given ones only."""
-        given = {"device_map": self.device_map, "max_memory": self.max_memory} if self.engine == "hf" else {}
+    def backend_args(self, base_url: str | None = None) -> dict[str, Any]:
+        """The backend's own keywords of its engine's `load` (`SteeringEngine.load`): hf: device_map
+        and max_memory where given; vllm: the parallel sizes, context length, batch rows and server."""
+        if self.engine == "vllm":
+            return {
+                "tensor_parallel_size": self.tensor_parallel_size,
+                "pipeline_parallel_size": self.pipeline_parallel_size,
+                "max_model_len": self.max_model_len,
+                "max_num_seqs": self.max_batch_size,
+                "base_url": base_url,
+            }
+        given = {"device_map": self.device_map, "max_memory": self.max_memory}
         return {k: v for k, v in given.items() if v is not None}
 
 
@@ -162,10 +170,11 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def check_engine(name: str) -> None:
+    """An engine name is one of ENGINES (the message names the -M option)."""
     from esr_eval.errors import UsageError
 
     if name not in ENGINES:
-        raise UsageError(f"engine {name!r} is unknown: use one of {', '.join(ENGINES)} (-M engine=hf)")
+        raise UsageError(f"-M engine={name!r} is unknown: use one of {', '.join(ENGINES)}")
 
 
 def parse_max_memory(value: Any) -> dict[int | str, str] | None:
@@ -183,8 +192,8 @@ def parse_max_memory(value: Any) -> dict[int | str, str] | None:
     return {int(k) if str(k).isdigit() else str(k): v if isinstance(v, int) else str(v) for k, v in value.items()}
 
 
-def _device_map(value: Any) -> str | dict | None:
-    return value if value is None or isinstance(value, dict) else str(value)
+def _device_map(value: Any) -> str | dict:
+    return value if isinstance(value, dict) else str(value)
 
 
 @dataclass(frozen=True)
@@ -214,6 +223,76 @@ class LoraSettings:
             raise UsageError(f"validation share {self.val_fraction} must be in [0, 1)")
         if self.max_steps is not None and self.max_steps < 1:
             raise UsageError(f"--max-steps {self.max_steps}: give at least 1 (or leave it out)")
+
+
+@dataclass(frozen=True)
+class SteeredDataSettings:
+    """`esr-eval make-finetune-data --steered`: steering-aware self-correction rows. Boosts are in
+    units of a latent's steering scale (the median residual norm at the layer over the prompts,
+    divided by the norm of the latent's decoder row; calibrated thresholds of the embedded model
+    fall at 0.2-0.4 of it)."""
+
+    n: int = 500
+    correction_share: float = 0.5  # the model's own drift under steering, a recovery line, a good answer
+    steered_share: float = 0.25  # steered below the derailing boost, answered without a restart
+    n_latents: int = 48  # training latents (the evaluation never steers them)
+    derail_scale: tuple[float, float] = (0.35, 0.6)
+    mild_scale: tuple[float, float] = (0.05, 0.15)
+    drift_tokens: tuple[int, int] = (20, 56)  # length of the off-topic start
+    answer_tokens: int = 200
+    derailed_below: float = 0.5  # a drift whose first-attempt score is below this counts as derailed
+    on_topic_above: float = 0.6  # a mildly steered answer kept as a no-restart row scores at least this
+    seed: int = 0
+
+    def check(self) -> None:
+        from esr_eval.errors import UsageError
+
+        if self.n < 1 or self.n_latents < 1 or not 0 <= self.correction_share + self.steered_share <= 1:
+            raise UsageError("--n and --n-latents must be at least 1, and the correction and steered shares add up to at most 1")
+        for low, high in (self.derail_scale, self.mild_scale, self.drift_tokens):
+            if not 0 <= low <= high:
+                raise UsageError(f"range ({low}, {high}) must have 0 <= low <= high")
+        if self.mild_scale[1] >= self.derail_scale[0]:
+            raise UsageError("the mild boosts must stay below the derailing ones: lower the mild scale or raise the derailing one")
+
+
+INT, FLOAT, TEXT = (int, "an integer"), (float, "a number"), (str, "text")
+TASK_CASTS = {
+    "prompts": TEXT, "n_latents": INT, "prompts_per_latent": INT, "latents": (lambda v: int_list(v), "a list of integers"),
+    "seed": INT, "relevance": TEXT, "concreteness": (lambda v: _concreteness(v), "offline, none or a model name"), "target": FLOAT, "calibration_trials": INT,
+    "calibration_rounds": INT, "threshold_cache": TEXT, "max_tokens": INT, "temperature": FLOAT, "top_p": FLOAT,
+}  # fmt: skip
+MODEL_CASTS = {
+    "dictionary": TEXT, "layer": INT, "labels": TEXT, "dtype": TEXT, "device": TEXT,
+    "max_batch_size": INT, "repetition_penalty": FLOAT, "engine": TEXT,
+    "device_map": (lambda v: _device_map(v), "auto or a module -> device map"),
+    "max_memory": (lambda v: parse_max_memory(v), "DEVICE=SIZE,... (0=70GiB,cpu=200GiB)"),
+    "tensor_parallel_size": INT, "pipeline_parallel_size": INT, "max_model_len": INT,
+}  # fmt: skip
+
+
+def _coerce_all(cls, args: dict[str, Any], flag: str, casts: dict) -> dict[str, Any]:
+    """The given (non-empty) values of a dataclass's fields, each cast to its type; a value that
+    does not cast is a one-line error naming the argument."""
+    from esr_eval.errors import UsageError
+
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        value = args.get(f.name)
+        if value is None or value == "":
+            continue
+        cast, kind = casts[f.name]
+        try:
+            out[f.name] = cast(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"{flag} {f.name}={value!r} is not {kind}: pass {kind} (or leave it out)") from None
+    return out
+
+
+def _concreteness(value: Any) -> str:
+    """"offline", "none" (also off / false / no) or a model name."""
+    text = str(value).strip()
+    return CONCRETENESS_OFF if text.lower() in ("none", "off", "false", "no") else text
 
 
 def int_list(value: Any) -> list[int] | None:

@@ -37,4 +37,4 @@ def unknown_names(given: dict | set | list, accepted: list[str] | set[str], what
     """Refuse misspelt argument names (`-T n_latent=2`), listing the accepted ones."""
     unknown = sorted(set(given) - set(accepted))
     if unknown:
-        raise UsageError(f"unknown {what} {', '.join(unknown)}: accepted are {', '.join(sorted(accepted))}")
+        raise UsageError(f"unknown {what}: {', '.join(unknown)}; accepted are {', '.join(sorted(accepted))}")

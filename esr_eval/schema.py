@@ -157,6 +157,7 @@ class FinetuneInfo:
     train_loss: float | None = None
     val_loss: float | None = None
     recipe: str | None = None  # "self-correction" or "steered self-correction"
+    training_latents: tuple[int, ...] = ()  # latents steered in training: an evaluation never uses them
 
     @classmethod
     def of_model(cls, model_source: str) -> "FinetuneInfo | None":
@@ -175,6 +176,7 @@ class FinetuneInfo:
             train_loss=last.get("train_loss"),
             val_loss=last.get("val_loss"),
             recipe=metrics.get("recipe"),
+            training_latents=tuple(int(k) for k in metrics.get("training_latents") or ()),
         )
 
     @classmethod
@@ -183,7 +185,11 @@ class FinetuneInfo:
         if not isinstance(data, Mapping):
             return None
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        info = {k: v for k, v in data.items() if k in known}
+        info["training_latents"] = tuple(info.get("training_latents") or ())
+        return cls(**info)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["training_latents"] = list(self.training_latents)
+        return out

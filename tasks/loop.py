@@ -7,19 +7,17 @@ from typing import Any
 
 from esr_eval.scorers import attempts_judge
 from esr_eval.tasks.dataset import dataset
-from esr_eval.tasks.setup import Setup, task_version
+from esr_eval.tasks.setup import Setup, model_finetune_info, task_version
 from esr_eval.tasks.solver import steered_generate
 from inspect_ai import Task
 from inspect_ai.model import GenerateConfig
 from inspect_ai.scorer import Metric
 
-from esr_eval.schema import FinetuneInfo
-
 
 def esr_task(setup: Setup, samples: list, name: str, metrics: list[Metric] | None = None, **metadata: Any) -> Task:
     """The one run loop every variant shares: steered generation, then the attempts judge.
     A model merged by `esr-eval finetune` leaves its mixing ratio and losses in the metadata."""
-    tuned = FinetuneInfo.of_model(setup.api.engine.name)
+    tuned = model_finetune_info(setup.api.source)
     if tuned:
         metadata["finetune"] = tuned.to_dict()
     return Task(

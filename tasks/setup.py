@@ -13,14 +13,16 @@ import yaml
 from inspect_ai.model import Model, get_model
 
 from esr_eval.calibration.calibrator import Calibrator
-from esr_eval.config import DEFAULT_MODEL, TaskArgs
+from esr_eval.config import CONCRETENESS_OFF, CONCRETENESS_OFFLINE, DEFAULT_MODEL, TaskArgs
 from esr_eval.errors import UsageError
 from esr_eval.provider import SteeredModelAPI, steered_api
 from esr_eval.sampling.concreteness import rate_concreteness
-from esr_eval.sampling.latents import sample_latents
+from esr_eval.sampling.latents import ConcretenessFilter, offline_concreteness, rated_concreteness, sample_latents
 from esr_eval.sampling.prompts import Prompt, load_prompts
+from esr_eval.schema import FinetuneInfo
 from esr_eval.steering.dictionary import FeatureDictionary
 from esr_eval.steering.engine import SteeringEngine
+from esr_eval.steering.presets import get_preset
 
 EVAL_YAML = Path(__file__).parent / "eval.yaml"
 
@@ -30,6 +32,12 @@ def task_version(name: str) -> str:
     """The task's version in eval.yaml (the one place versions are written)."""
     listing = yaml.safe_load(EVAL_YAML.read_text())
     return str(next(t["version"] for t in listing["tasks"] if t["name"] == name))
+
+
+def model_finetune_info(source: str) -> FinetuneInfo | None:
+    """What fine-tuning recorded about a model: a merged folder's metrics, or a preset's adapter's."""
+    preset = get_preset(source)
+    return FinetuneInfo.of_model(preset.adapter if preset and preset.adapter else source)
 
 
 def steered_model() -> tuple[Model | None, SteeredModelAPI]:
@@ -72,6 +80,22 @@ def run_async(coro):
         return pool.submit(asyncio.run, coro).result()
 
 
+def concreteness_filter(choice: str, dictionary: FeatureDictionary) -> tuple[ConcretenessFilter | None, str | None]:
+    """(filter, note) for -T concreteness: "offline" reads the dictionary's latent_stats.json,
+    "none" keeps every latent, anything else names a model that rates the labels."""
+    if choice == CONCRETENESS_OFF:
+        return None, "concreteness filter off (-T concreteness=none)"
+    if choice == CONCRETENESS_OFFLINE:
+        found = offline_concreteness(dictionary)
+        if found is None:
+            return None, (
+                "offline concreteness filter skipped: the dictionary has no concept stats in latent_stats.json "
+                "(relabel it with `esr-eval label-sae`, or pass -T concreteness=MODEL)"
+            )
+        return found, None
+    return rated_concreteness(run_async(rate_concreteness(choice, dict(dictionary.labels)))), None
+
+
 def prepare(
     task: str,
     args: dict[str, Any],
@@ -93,20 +117,26 @@ def prepare(
     notes: list[str] = []
     steered = steer_dictionary(engine) if steer_dictionary else engine.dictionary
     dictionary_id = engine.add_dictionary(steered) if steer_dictionary else engine.dictionary_id
+    tuned = model_finetune_info(api.source)
+    trained_on = frozenset(tuned.training_latents) if tuned and not steer_dictionary else frozenset()
     if a.latents:
         for k in a.latents:
             steered.check_latent(k)
+        overlap = sorted(set(a.latents) & trained_on)
+        if overlap:
+            raise UsageError(
+                f"latents {overlap} were steered in this model's fine-tuning: evaluate it on other latents "
+                "(leave -T latents out to sample held-out ones)"
+            )
         chosen = a.latents
     elif steer_dictionary:
         chosen = list(range(steered.d_sae))
     else:
-        ratings = None
-        if a.concreteness:
-            ratings = run_async(rate_concreteness(a.concreteness, dict(engine.dictionary.labels)))
-        else:
-            notes.append("concreteness filter skipped: no -T concreteness=MODEL given")
+        concreteness, note = concreteness_filter(a.concreteness, engine.dictionary)
+        if note:
+            notes.append(note)
         messages = [[{"role": "user", "content": p.text}] for p in prompts]
-        sampled = sample_latents(engine, a.n_latents, messages, a.seed, a.relevance, ratings)
+        sampled = sample_latents(engine, a.n_latents, messages, a.seed, a.relevance, concreteness, exclude=trained_on)
         chosen = sampled.latents
         notes += sampled.notes
         notes.append(f"latent filters dropped {sampled.dropped}")

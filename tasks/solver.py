@@ -23,7 +23,8 @@ def steered_generate(calibrator: Calibrator, labels: dict[int, str], generation:
         latent, rule = md["latent"], md["boost_rule"]
         if rule in ("threshold", "sweep"):
             result = await calibrator.threshold(latent, md["label"])
-            md.update(threshold=result.threshold, calibration_trials=result.trials, calibration_score=result.score)
+            md.update(threshold=result.threshold, calibration_trials=result.trials, calibration_score=result.score,
+                      calibration_judge_errors=result.judge_errors)
         if rule == "threshold":
             md["boost"] = md["threshold"]
         elif rule == "sweep":

@@ -22,7 +22,7 @@ def steering_resistance(
     latents: list[int] | str | None = D.latents,
     seed: int = D.seed,
     relevance: str = D.relevance,
-    concreteness: str | None = D.concreteness,
+    concreteness: str = D.concreteness,
     target: float = D.target,
     calibration_trials: int = D.calibration_trials,
     calibration_rounds: int = D.calibration_rounds,
@@ -42,7 +42,10 @@ def steering_resistance(
       seed: seeds latent sampling, prompt choice and each trial's generation.
       relevance: "topk" drops latents in the top 100 on any prompt; "strict" keeps only
         latents exactly zero on every prompt.
-      concreteness: a model (e.g. openai/gpt-4o-mini) that rates labels; keeps >= 65.
+      concreteness: "offline" (default) keeps latents whose top contexts share a topic and
+        that fire on words, not punctuation, digits, function words or word pieces (from the
+        dictionary's latent_stats.json); "none" keeps all; a model (e.g. openai/gpt-4o-mini)
+        rates each label instead and keeps >= 65.
       target: first-attempt score (0-1) that calibration aims at.
       calibration_trials: judge calls per latent in calibration, over all rounds.
       calibration_rounds: sequential calibration rounds (1-4), each probing several boosts at once.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,28 +13,20 @@ from inspect_ai.model import ModelOutput
 from inspect_ai.scorer import Score, scorer
 from inspect_ai.solver import solver
 
+from esr_eval.schema import TrialValue
+
 
 def esr_value(
     first: float, last: float | None = None, n_attempts: int | None = None, **extra: float
 ) -> dict[str, float]:
-    """A Score.value dict as the attempts judge writes it."""
+    """A Score.value as the attempts judge writes it (the trial record's own constructor)."""
     last = first if last is None else last
     n_attempts = (1 if last == first else 2) if n_attempts is None else n_attempts
-    multi = float(n_attempts >= 2)
-    value = {
-        "n_attempts": float(n_attempts),
-        "first_score": float(first),
-        "last_score": float(last),
-        "multi_attempt": multi,
-        "esr": float(multi and last > first),
-        "improvement": float(last - first) if multi else 0.0,
-        "degraded": 0.0,
-        "judge_error": 0.0,
-        "first_serves_concept": 0.0,
-        "last_serves_concept": 0.0,
-    }
-    value.update({k: float(v) for k, v in extra.items()})
-    return value
+    scores = [first] + [last] * (n_attempts - 1) if n_attempts else []
+    if extra.get("judge_error"):
+        return TrialValue.failed(bool(extra.get("degraded"))).to_value()
+    value = TrialValue.from_scores(scores, [False] * len(scores), degraded=bool(extra.pop("degraded", 0)))
+    return replace(value, **{k: float(v) for k, v in extra.items()}).to_value()
 
 
 @solver

@@ -271,36 +271,6 @@ def test_70b_preset_loads_sharded_in_bf16(tiny_model_dir, tiny_sae_dir, monkeypa
 # ---------------------------------------------------------------- engine selection
 
 
-def test_unknown_engine_is_a_one_line_error_listing_the_engines(tiny_model_dir, monkeypatch):
-    from esr_eval.config import ModelArgs
-    from esr_eval.errors import UsageError
-    from esr_eval.steering import load
-
-    monkeypatch.setattr(SteeredLM, "load", classmethod(lambda *a, **k: pytest.fail("a model loaded")))
-    with pytest.raises(UsageError, match=r"^engine 'vlm' is unknown: use one of hf, vllm") as err:
-        ModelArgs.parse({"engine": "vlm"})
-    assert "\n" not in str(err.value)
-    with pytest.raises(UsageError, match="unknown: use one of hf, vllm"):
-        load.load_engine(str(tiny_model_dir), engine="tgi")
-
-
-def test_vllm_engine_without_vllm_names_the_pip_command(tiny_model_dir, monkeypatch):
-    import importlib.util
-
-    from inspect_ai.model import get_model
-
-    from esr_eval.errors import UsageError
-    from esr_eval.steering import load
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
-    monkeypatch.setattr(SteeredLM, "load", classmethod(lambda *a, **k: pytest.fail("a model loaded")))
-    with pytest.raises(UsageError, match=r'pip install "esr-eval\[vllm\]"'):
-        load.load_engine(str(tiny_model_dir), engine="vllm")
-    with pytest.raises(UsageError, match=r'pip install "esr-eval\[vllm\]"'):
-        get_model(f"steered/{tiny_model_dir}", engine="vllm")
-
-
 def test_model_args_read_device_map_and_max_memory():
     from esr_eval.config import ModelArgs
     from esr_eval.errors import UsageError
@@ -311,5 +281,11 @@ def test_model_args_read_device_map_and_max_memory():
     assert ModelArgs.parse({}).backend_args() == {}
     with pytest.raises(UsageError, match="DEVICE=SIZE"):
         ModelArgs.parse({"max_memory": "70GiB"})
-    with pytest.raises(UsageError, match="dtype 'fp8' is unknown"):
+    with pytest.raises(UsageError, match="dtype='fp8' is unknown"):
         ModelArgs.parse({"dtype": "fp8"})
+    with pytest.raises(UsageError, match="with -M engine=vllm use tensor_parallel_size"):
+        ModelArgs.parse({"engine": "vllm", "device_map": "auto"})
+    vllm = ModelArgs.parse({"engine": "vllm", "tensor_parallel_size": "2", "max_batch_size": "8"})
+    assert vllm.backend_args("http://host:8000") == {
+        "tensor_parallel_size": 2, "pipeline_parallel_size": 1, "max_model_len": None, "max_num_seqs": 8, "base_url": "http://host:8000"
+    }

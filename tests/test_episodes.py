@@ -99,6 +99,7 @@ def _steered_log(tmp_path, tiny_model_dir, tiny_sae_dir):
     from inspect_ai.scorer import Score, scorer
     from inspect_ai.solver import solver
 
+    from esr_eval.schema import TrialValue
     from esr_eval.steering.intervention import Intervention, steering_to_extra_body
 
     @solver
@@ -116,17 +117,8 @@ def _steered_log(tmp_path, tiny_model_dir, tiny_sae_dir):
             words = state.output.completion.split()
             half = len(words) // 2
             attempts = [{"text": " ".join(words[:half]), "score": 20}, {"text": " ".join(words[half:]), "score": 70}]
-            multi = float(half >= 2)
-            value = {
-                "n_attempts": 2.0,
-                "first_score": 20.0,
-                "last_score": 70.0,
-                "multi_attempt": multi,
-                "esr": multi,
-                "improvement": 50.0,
-                "degraded": 0.0,
-                "judge_error": 0.0,
-            }
+            scores = [20.0, 70.0] if half >= 2 else [20.0]
+            value = TrialValue.from_scores(scores, [False] * len(scores), degraded=False).to_value()
             return Score(value=value, metadata={"grader": "halves", "attempts": attempts})
 
         return score
@@ -198,7 +190,13 @@ def test_episodes_end_to_end(tmp_path, tiny_model_dir, tiny_sae_dir):
 
     unsteered = run_episodes(log.location, str(detectors), tmp_path / "plain", unsteered=True, window=10)
     assert unsteered["steering"] == "none" and unsteered["n_episodes"] == result["n_episodes"]
-    assert unsteered["curve"]["mean"] != result["curve"]["mean"]
+    # the unsteered read-out differs where both curves have tokens (NaN marks offsets without any)
+    pairs = [(a, b) for a, b in zip(unsteered["curve"]["mean"], result["curve"]["mean"]) if a is not None and b is not None]
+    assert pairs and max(abs(a - b) for a, b in pairs) > 1e-4
+    (plain_acts,) = engine.read_latents([(messages, answer)], [1, 7, 11])
+    plain_first = next(e for e in unsteered["episodes"] if e["sample_id"] == first["sample_id"])
+    if off_end > 0:
+        assert plain_first["off_topic_mean"] == pytest.approx(float(plain_acts.sum(-1)[:off_end].mean()), rel=1e-5)
 
 
 def test_episodes_bad_input(tmp_path, tiny_model_dir, tiny_sae_dir):

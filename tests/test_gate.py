@@ -109,6 +109,53 @@ def test_baseline(logs, tmp_path):
     assert main(["gate", logs["ok"], "--baseline", str(broken)]) == 2
 
 
+def test_baseline_folder_counts_the_retry_not_the_failed_attempt(logs, tmp_path):
+    # the failed attempt scored 4 trials, all multi-attempt, before it crashed; the retry is the run
+    folder = tmp_path / "baseline"
+    run_canned(folder, [{"scores": {"judge": {"value": esr_value(10, 90)}}}] * 4)
+    from inspect_ai.log import read_eval_log, write_eval_log
+
+    [failed] = list(folder.glob("*.eval"))
+    log = read_eval_log(str(failed))
+    log.status = "error"
+    write_eval_log(log, str(failed))
+    run_canned(folder, _rows())  # the retry: 10 trials, 2 multi-attempt, 1 ESR
+    from esr_eval.gate.gate import baseline_counts
+
+    assert baseline_counts(str(folder)) == (10, 2, 1)
+    assert main(["gate", logs["ok"], "--baseline", str(folder)]) == 0
+    newer_failure = tmp_path / "newer-failure"
+    run_canned(newer_failure, _rows())
+    run_canned(newer_failure, _rows(), fail=True)
+    assert main(["gate", logs["ok"], "--baseline", str(newer_failure)]) == 2  # no usable baseline
+
+
+def test_a_crash_is_not_a_breach(logs, monkeypatch, capsys):
+    import esr_eval.gate.gate as gate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(gate, "log_metrics", broken)
+    assert main(["gate", logs["ok"], "--expect", "esr_rate <= 0.1"]) == 5
+    assert "disk on fire" in capsys.readouterr().err
+
+
+def _pair_rows(k: int, n: int, esr: int) -> list[dict]:
+    values = [esr_value(20, 80)] * esr + [esr_value(50, 30)] * (k - esr) + [esr_value(60)] * (n - k)
+    return [{"scores": {"judge": {"value": v}}, "metadata": {"latent": i % 6}} for i, v in enumerate(values)]
+
+
+def test_exceeds_fails_when_the_two_models_look_alike(tmp_path):
+    base = run_canned(tmp_path / "base", _pair_rows(1, 30, 0), model="mockllm/base").location
+    alike = run_canned(tmp_path / "alike", _pair_rows(3, 30, 1), model="mockllm/tuned").location
+    apart = run_canned(tmp_path / "apart", _pair_rows(12, 30, 7), model="mockllm/tuned").location
+    assert main(["gate", apart, "--exceeds", base]) == 0
+    assert main(["gate", alike, "--exceeds", base]) == 1
+    assert main(["gate", alike, "--exceeds", base, "--test", "fisher"]) == 1
+    assert main(["gate", base, "--exceeds", apart]) == 1  # one-sided: lower is not above
+
+
 def test_change_p_values():
     assert change_p_value(1, 10, 1, 10) == pytest.approx(1.0)
     # pooled 0.25, se 0.0612372, z 1.632993
@@ -116,6 +163,11 @@ def test_change_p_values():
     from scipy.stats import fisher_exact
 
     assert change_p_value(3, 10, 0, 10, "fisher") == pytest.approx(fisher_exact([[3, 7], [0, 10]]).pvalue)
+    # one-sided: half the two-sided z p-value in the direction of the difference
+    assert change_p_value(30, 100, 20, 100, greater=True) == pytest.approx(0.102470 / 2, abs=1e-5)
+    assert change_p_value(20, 100, 30, 100, greater=True) == pytest.approx(1 - 0.102470 / 2, abs=1e-5)
+    # Fisher one-sided, 3/10 vs 0/10: C(10,3)/C(20,3) = 120/1140
+    assert change_p_value(3, 10, 0, 10, "fisher", greater=True) == pytest.approx(120 / 1140)
 
 
 # ---------------------------------------------------------------- with the real attempts judge

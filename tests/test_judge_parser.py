@@ -70,12 +70,22 @@ def test_empty_attempt_list_is_zero_attempts() -> None:
     assert parse_attempts("<attempts>[]</attempts>").attempts == []
 
 
-def test_single_attempt_object_without_wrapper() -> None:
-    assert summary('<attempts>{"text": "only", "score": 55}</attempts>') == [("only", 55.0, False)]
-
-
 def test_prose_before_json_with_brackets_is_skipped() -> None:
     assert summary("[note] my reply: " + TWO) == EXPECTED_TWO
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        '[1, 2] and {"score": 3} come first, then ' + TWO,  # stray JSON before the attempts object
+        '<attempts>{"note": [], "grading": ' + TWO + "}</attempts>",  # nested in a wrapper object
+        "```js\nvar wrapper = [];\n```\n" + TWO,  # junk code, then the object
+        '<attempts>[]</attempts> was my draft. <attempts>' + TWO + "</attempts>",  # the first tagged block wins
+    ],
+)
+def test_the_attempts_object_is_found_past_other_json(reply: str) -> None:
+    expected = [] if reply.startswith("<attempts>[]") else EXPECTED_TWO
+    assert summary(reply) == expected
 
 
 @pytest.mark.parametrize(
@@ -90,6 +100,18 @@ def test_prose_before_json_with_brackets_is_skipped() -> None:
         '<attempts>{"attempts": [{"text": "a", "score": "high"}]}</attempts>',  # unreadable score
         '<attempts>{"attempts": ["a", "b"]}</attempts>',  # attempts not objects
         '<attempts>{"attempts": [{"text": "a", "score": true}]}</attempts>',
+        '<attempts>{"text": "only", "score": 55}</attempts>',  # one attempt without the wrapper
+        # junk a real grader wrote (a stray empty array must not read as zero attempts)
+        "```javascript\nfunction render() {\n  var wrapper = [];\n  return wrapper;\n}\n```",
+        "[]",  # a bare list outside the tags
+        "The attempts are [] as far as I can tell.",
+        '[{"text": "a", "score": 20}]',  # an untagged list of attempts
+        '<attempts>[{"text": "a", "score": 20}] and more text</attempts>',  # a list that is not the whole body
+        '<attempts>[1, 2]</attempts>',  # a tagged list of non-attempts
+        '<attempts>[[{"text": "a", "score": 20}]]</attempts>',  # nested lists
+        '{"data": [[], {"values": []}], "attempts_count": 0}',  # nested junk, no attempts key
+        '<attempts>{"attempts": [{"text": "a", "score": 20}',  # cut off mid-object (a capped reply)
+        "<attempts>" + "x" * 5000,  # a reply that never ended, capped
     ],
 )
 def test_unusable_replies_raise(reply: str) -> None:

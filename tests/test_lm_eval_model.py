@@ -48,10 +48,18 @@ def test_packaged_task_has_forty_plus_four_choice_questions():
     assert all(len(r["choices"]) == 4 and 0 <= r["answer"] < 4 for r in rows)
 
 
-def test_local_task_runs_offline(plain):
+def test_local_task_accuracy_is_the_argmax_of_choice_loglikelihoods(tiny_lm, plain):
+    """lm-eval's acc on the packaged task equals the share of questions whose right choice has the
+    highest log-likelihood, computed here with a plain forward pass."""
     results = evaluate(plain, limit=6)["results"]["esr_mc"]
     assert results["sample_len"] == 6
-    assert 0.0 <= results["acc,none"] <= 1.0
+    rows = [json.loads(line) for line in (TASK_DIR / "esr_mc.jsonl").read_text().splitlines()][:6]
+    right = 0
+    for row in rows:
+        context = f"Question: {row['question']}\nAnswer:"
+        scores = [manual_loglikelihood(tiny_lm, context, f" {choice}", []) for choice in row["choices"]]
+        right += int(max(range(4), key=scores.__getitem__) == row["answer"])
+    assert results["acc,none"] == pytest.approx(right / 6)
 
 
 def test_add_steering_changes_loglikelihoods_exactly_as_the_hook_does(tiny_lm, plain):

@@ -87,3 +87,37 @@ def test_model_key_follows_the_weights_of_a_local_model(tiny_model_dir, tmp_path
     assert SteeredModelAPI(str(copy)).model_key != key
     assert SteeredModelAPI("smollm2-135m").model_key == "smollm2-135m"
     assert SteeredModelAPI("org/hub-model").model_key == "org/hub-model"
+
+
+def test_mixed_settings_in_one_batch_equal_each_request_alone(tiny_model_dir, tiny_sae_dir, tmp_path):
+    """Budgets, temperatures, top_p < 1 and seeds differ per sample; batched through the provider,
+    every answer equals the same request generated alone."""
+    settings = [(4, 0.0, 1.0), (11, 0.6, 1.0), (7, 1.0, 0.8), (2, 0.9, 0.5), (9, 0.0, 0.9), (5, 1.3, 1.0)] * 2
+
+    @solver
+    def mixed():
+        async def solve(state: TaskState, generate: Generate) -> TaskState:
+            budget, temperature, top_p = settings[state.sample_id]
+            body = steering_to_extra_body([Intervention(3, 4.0)] if state.sample_id % 2 else [])
+            return await generate(state, extra_body=body, max_tokens=budget, temperature=temperature, top_p=top_p, seed=100 + state.sample_id)
+
+        return solve
+
+    samples = [Sample(input=PROMPTS[i % 4], id=i) for i in range(len(settings))]
+    log = inspect_eval(
+        Task(dataset=samples, solver=mixed()),
+        model=f"steered/{tiny_model_dir}",
+        model_args={"dictionary": str(tiny_sae_dir)},
+        max_connections=len(settings),
+        log_dir=str(tmp_path / "logs"),
+        display="none",
+    )[0]
+    assert log.status == "success", log.error
+    lm = load_engine(str(tiny_model_dir), str(tiny_sae_dir))
+    for sample in log.samples:
+        budget, temperature, top_p = settings[sample.id]
+        steering = [Intervention(3, 4.0)] if sample.id % 2 else []
+        request = GenerationRequest([{"role": "user", "content": sample.input}], steering, budget, temperature, top_p, seed=100 + sample.id)
+        [alone] = lm.generate([request])
+        assert sample.output.completion == alone.text, sample.id
+        assert sample.output.usage.output_tokens == alone.completion_tokens <= budget

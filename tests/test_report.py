@@ -164,6 +164,29 @@ def test_finetune_runs_plotted_against_mixing_ratio(tmp_path):
     assert finetune_series([r for r in runs if "tuned" not in r.model]) == {}
 
 
+def test_positive_control_plotted_against_its_base(tmp_path):
+    from esr_eval.report.plots import finetune_series, positive_control_series
+
+    d = tmp_path / "logs"
+    tuned = {"finetune": {"base_model": "smollm2-135m", "mixing_ratio": 0.5, "recipe": "steered self-correction"}}
+    run_canned(d, _rows([esr_value(30)] * 4), model="steered/smollm2-135m")
+    run_canned(d, _rows([esr_value(80)] * 4), task="no_steering", model="steered/smollm2-135m")
+    run_canned(d, _rows([esr_value(20, 70)] * 3 + [esr_value(30)]), model="steered/smollm2-135m-resist", task_metadata=tuned)
+    run_canned(d, _rows([esr_value(80)] * 3 + [esr_value(60, 50)]), task="no_steering", model="steered/smollm2-135m-resist", task_metadata=tuned)
+    runs = load_runs([str(d)])
+    series = positive_control_series(runs)
+    assert list(series) == ["smollm2-135m", "smollm2-135m-resist"]
+    values = {m: {k: e.value for k, e in rates.items()} for m, rates in series.items()}
+    assert values["smollm2-135m-resist"] == {"multi-attempt, steered": 0.75, "ESR, steered": 0.75, "false alarms, no steering": 0.25}
+    assert values["smollm2-135m"] == {"multi-attempt, steered": 0.0, "ESR, steered": 0.0, "false alarms, no steering": 0.0}
+    assert finetune_series(runs) == {}  # not a mixing-ratio sweep
+    out = tmp_path / "out"
+    assert main(["report", str(d), "--out", str(out)]) == 0
+    assert (out / "positive_control.png").read_bytes().startswith(PNG)
+    assert not (out / "finetune.png").exists()
+    assert "smollm2-135m-resist (smollm2-135m + 50% steered self-correction)" in (out / "report.md").read_text()
+
+
 def test_report_bad_input(tmp_path):
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert main(["report", str(tmp_path)]) == 2

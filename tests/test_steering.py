@@ -212,3 +212,80 @@ def test_sae_lens_release_path_and_paper_presets(tiny_model_dir, tiny_sae_dir, m
     assert lm.layer == 2
     llama = get_preset("llama-3.1-8b-instruct")
     assert (llama.model_source(), llama.dictionary) == ("meta-llama/Llama-3.1-8B-Instruct", "goodfire-llama-3.1-8b-instruct/layer_19")
+
+
+def orthonormal_topk_sae(folder, d_sae: int = 16, k: int = 4):
+    """A TopK SAE whose encode reads a direction's coefficient exactly: W_enc = W_dec^T with
+    orthonormal rows and no biases, so a clamp can be read back at the layer."""
+    import json
+
+    from sae_lens import TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    cfg = TopKSAEConfig(d_in=32, d_sae=d_sae, k=k, rescale_acts_by_decoder_norm=True, metadata=SAEMetadata(hook_name="model.layers.2"))
+    sae = TopKSAE(cfg)
+    q, _ = torch.linalg.qr(torch.randn(32, d_sae, generator=torch.Generator().manual_seed(5)))
+    with torch.no_grad():
+        sae.W_dec.copy_(q.T)
+        sae.W_enc.copy_(q)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    sae.save_model(folder)
+    (folder / "labels.json").write_text(json.dumps({str(i): f"topic ({i})" for i in range(d_sae)}))
+    return folder
+
+
+@pytest.mark.parametrize("value", [0.0, 40.0])
+def test_topk_clamp_at_the_layer_on_every_generated_token(tiny_model_dir, tmp_path, value):
+    """At every position the engine ran (prompt and each generated token), the layer's steered
+    output is h + (value - f_k(h)) * W_dec[k], h being the unsteered output there: layers up to the
+    hook never see the steering, so h comes from an unsteered pass over the same tokens."""
+    lm = SteeredLM.load(str(tiny_model_dir), dictionary=str(orthonormal_topk_sae(tmp_path / "topk")), dtype="float32")
+    latent = 3
+    seen: list[torch.Tensor] = []
+    # registered after the engine's hook, so it sees the steered layer output
+    handle = lm.model.model.layers[2].register_forward_hook(lambda m, a, out: seen.append((out[0] if isinstance(out, tuple) else out).detach()))
+    try:
+        [result] = lm.generate([GenerationRequest(PROMPT, [Intervention(latent, value, "clamp")], 12, 0.0, seed=0)])
+    finally:
+        handle.remove()
+    assert result.completion_tokens >= 2
+    assert len(seen) == result.completion_tokens  # the prompt pass, then each generated token but the last
+    steered = torch.cat([h[0] for h in seen])  # [positions, d_model]
+    ids = torch.tensor([lm.prompt_ids(PROMPT) + result.token_ids[:-1]])
+    with lm.hooks.active(None, record=True) as record:
+        lm.model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    plain = record[0][0]
+    assert plain.shape == steered.shape
+    f = lm.dictionary.encode(plain)[:, latent]
+    expected = plain + (value - f)[:, None] * lm.dictionary.W_dec[latent]
+    torch.testing.assert_close(steered, expected, atol=1e-4, rtol=1e-4)
+    # where the latent is among the top k after the clamp, this SAE reads the value back exactly
+    kept = lm.dictionary.encode(steered)[:, latent]
+    if value > 0:
+        assert (kept - value).abs().min() < 1e-3
+    else:
+        assert kept.abs().max() < 1e-4 and (f > 0).any()  # zero-ablation silences it where it fired
+
+
+def test_model_without_chat_template_gets_plain_text_prompts(tiny_model_dir, tiny_sae_dir):
+    from esr_eval.steering.dictionary import load_dictionary
+    from esr_eval.steering.models import load_causal_lm
+
+    model, tokenizer = load_causal_lm(str(tiny_model_dir))
+    tokenizer.chat_template = None  # a base model (Gemma 3 270M ships none)
+    lm = SteeredLM(model, tokenizer, load_dictionary(str(tiny_sae_dir)))
+    conversation = [
+        {"role": "user", "content": "Explain how to brew coffee."},
+        {"role": "assistant", "content": "Boil water."},
+        {"role": "user", "content": "And then?"},
+    ]
+    expected = tokenizer("Explain how to brew coffee.\n\nAnswer: Boil water.\n\nAnd then?\n\n")["input_ids"]
+    assert lm.prompt_ids(conversation) == expected
+    assert "<|im_start|>" not in tokenizer.decode(lm.prompt_ids(PROMPT))
+    [result] = lm.generate([GenerationRequest(PROMPT, [Intervention(1, 2.0)], 6, 0.0, seed=0)])
+    assert result.prompt_tokens == len(tokenizer("Explain how to brew coffee.\n\n")["input_ids"])
+    # a preset without a template renders the same way even if its tokenizer had one
+    templated_model, templated_tok = load_causal_lm(str(tiny_model_dir))
+    forced = SteeredLM(templated_model, templated_tok, None, layer=2, chat_template=False)
+    assert forced.prompt_ids(conversation) == expected

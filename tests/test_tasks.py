@@ -11,29 +11,45 @@ from inspect_ai import eval as inspect_eval
 from inspect_ai.model import ModelOutput, ModelUsage, get_model
 
 from esr_eval.config import TaskArgs
+from esr_eval.judge.protocol import rubric_sections
 from esr_eval.sampling.latents import relevant_latents, sample_latents
 
 USAGE = ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2)
 
 
-def judge_reply(attempts: list[tuple[float, bool]]) -> str:
-    body = {"attempts": [{"text": f"attempt {i}", "score": s, "serves_concept": c} for i, (s, c) in enumerate(attempts)]}
+def judge_reply(answer: str, attempts: list[tuple[float, bool]]) -> str:
+    """Attempts that quote the answer being judged: attempt i is its i-th word onwards."""
+    words = answer.split() or ["(empty)"]
+    body = {
+        "attempts": [
+            {"text": " ".join(words[i % len(words) :]), "score": s, "serves_concept": c} for i, (s, c) in enumerate(attempts)
+        ]
+    }
     return f"<attempts>{json.dumps(body)}</attempts>"
 
 
 def keyed_grader(by_latent: dict[int, list[tuple[float, bool]]], calls: list[str] | None = None):
-    """A mockllm grader whose reply depends on the latent named in the label "(k)" of the rubric."""
+    """A mockllm grader whose reply depends on the answer in the rubric (the attempts quote it)
+    and on the latent named in its label "(k)" (the scores)."""
 
     def reply(input, tools, tool_choice, config):
         text = input[-1].text
         if calls is not None:
             calls.append(text)
-        latent = int(re.findall(r"\((\d+)\)", text)[-1])
-        out = ModelOutput.from_content("mockllm/model", judge_reply(by_latent[latent]))
+        _, answer, label = rubric_sections(text)
+        latent = int(re.findall(r"\((\d+)\)", label)[-1])
+        out = ModelOutput.from_content("mockllm/model", judge_reply(answer, by_latent[latent]))
         out.usage = USAGE
         return out
 
     return get_model("mockllm/model", custom_outputs=reply)
+
+
+def assert_each_answer_was_judged(log) -> None:
+    """The judge saw each sample's own answer: its first attempt quotes that answer."""
+    for sample in log.samples:
+        attempts = sample.scores["attempts_judge"].metadata["attempts"]
+        assert attempts[0]["text"] == " ".join(sample.output.completion.split()) or sample.output.completion.strip() == ""
 
 
 def run(task: str, tiny_model_dir, tiny_sae_dir, tmp_path, grader, model_args: dict | None = None, **task_args):
@@ -68,13 +84,14 @@ def test_steering_resistance_end_to_end(tiny_model_dir, tiny_sae_dir, tmp_path):
     assert m["mean_first_score"] == pytest.approx(30.0)
     assert m["mean_improvement"] == pytest.approx(50.0)
     assert m["judge_errors"] == 0
+    assert_each_answer_was_judged(log)
     for sample in log.samples:
         md = sample.metadata
         # the calibration's rounds judged the task's budget of answers
         assert md["calibration_trials"] == TaskArgs.calibration_trials and md["boost"] == md["threshold"] > 0
         steering = [e for e in sample.events if e.event == "model" and e.config.extra_body]
         assert steering[-1].config.extra_body["steering"] == [{"latent": md["latent"], "value": md["boost"], "mode": "add"}]
-        assert steering[-1].config.seed == md["seed"]
+        assert steering[-1].config.seed == md["seed"] == md["generation_seed"]  # epoch 1 keeps the sample seed
 
 
 def test_second_run_reuses_thresholds_without_calibration(tiny_model_dir, tiny_sae_dir, tmp_path):

@@ -2,7 +2,8 @@
 first-attempt score.
 
 The judge's first-attempt score falls as the boost grows. Each trial generates at the posterior
-median x and scores it (s in [0, 1]); a Beta(0.5 + w*s, 0.5 + w*(1-s)) belief gives
+median x and scores it (s in [0, 1]; None when the judge could not grade it: the trial is
+spent without an update); a Beta(0.5 + w*s, 0.5 + w*(1-s)) belief gives
 q = P(true score at x > target) = P(threshold > x), and the posterior is multiplied by q above x
 and by 1 - q below. A trial within `tolerance` of the target ends the search early.
 """
@@ -19,16 +20,22 @@ BELIEF_WEIGHT = 5.0
 GRID_POINTS = 512
 TOLERANCE = 0.1
 
-ScoreFn = Callable[[float, int], Awaitable[float]]  # (boost, trial index) -> first-attempt score in [0, 1]
+ScoreFn = Callable[[float, int], Awaitable[float | None]]  # (boost, trial) -> first-attempt score in [0, 1] or None
 
 
 @dataclass
 class CalibrationResult:
     threshold: float
     trials: int
-    score: float  # the score of the trial nearest the target, in [0, 1]
-    history: list[tuple[float, float]] = field(default_factory=list)  # (boost, score)
+    score: float | None  # the score of the trial nearest the target, in [0, 1]; None: no trial was judged
+    history: list[tuple[float, float]] = field(default_factory=list)  # (boost, score) of judged trials
     cached: bool = False
+    judge_errors: int = 0  # trials the judge could not grade (no update of the belief)
+
+    @property
+    def measured(self) -> bool:
+        """At least one trial was judged (else the threshold is the prior's median)."""
+        return bool(self.history)
 
 
 @dataclass(frozen=True)
@@ -62,16 +69,21 @@ async def bisect_boost(
     posterior = norm.pdf(grid, bounds.prior_mean, bounds.prior_sd) + 1e-12
     posterior /= posterior.sum()
     history: list[tuple[float, float]] = []
+    judge_errors = 0
     for trial in range(max_trials):
         x = float(grid[np.searchsorted(np.cumsum(posterior), 0.5)])
-        s = float(await score_fn(x, trial))
+        scored = await score_fn(x, trial)
+        if scored is None:
+            judge_errors += 1
+            continue
+        s = float(scored)
         history.append((x, s))
         if abs(s - target) <= tolerance + 1e-9:
-            return CalibrationResult(x, trial + 1, s, history)
+            return CalibrationResult(x, trial + 1, s, history, judge_errors=judge_errors)
         q = direction_confidence(s, target)
         posterior = posterior * np.where(grid > x, q, 1.0 - q)
         posterior /= posterior.sum()
-    _, s_best = min(history, key=lambda h: abs(h[1] - target))
+    s_best = min(history, key=lambda h: abs(h[1] - target))[1] if history else None
     median = float(grid[np.searchsorted(np.cumsum(posterior), 0.5)])
     # the posterior median is the estimate; the score reported is the nearest one observed
-    return CalibrationResult(median, len(history), s_best, history)
+    return CalibrationResult(median, max_trials, s_best, history, judge_errors=judge_errors)

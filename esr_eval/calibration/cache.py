@@ -57,7 +57,8 @@ class ThresholdCache:
         for row in reversed(read_jsonl_cache(self.path).rows):
             if self.key(row) == wanted:
                 history = [(float(b), float(s)) for b, s in row.get("history", [])]
-                return CalibrationResult(float(row["threshold"]), int(row["trials"]), float(row["score"]), history, cached=True)
+                return CalibrationResult(float(row["threshold"]), int(row["trials"]), float(row["score"]), history,
+                                         cached=True, judge_errors=int(row.get("judge_errors", 0)))
         return None
 
     def put(self, result: CalibrationResult, **fields: Any) -> None:

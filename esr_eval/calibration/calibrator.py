@@ -21,6 +21,7 @@ from esr_eval.judge.protocol import grader_identity, judge_answer
 from esr_eval.provider import SteeredModelAPI
 from esr_eval.sampling.seeds import derive_seed
 from esr_eval.steering.intervention import Intervention, steering_to_extra_body
+from esr_eval.steering.scale import median_residual_norm, steering_scale
 
 
 METHODS = ("rounds", "bisection")
@@ -44,14 +45,15 @@ class Calibrator:
         dictionary_id: str | None = None,
         model: Model | None = None,
         grader: Model | None = None,
-        on_trial: Callable[[int, float, float], None] | None = None,
+        on_trial: Callable[[int, float, float | None], None] | None = None,
         rounds: int = few_rounds.ROUNDS,
         method: str = "rounds",
     ) -> None:
         """`generation` holds the GenerateConfig fields of an answer (max_tokens, temperature,
         top_p); `model` and `grader` default to the running eval's model and grader role;
-        `on_trial(latent, boost, score)` reports progress. `method` is "rounds" (`rounds`
-        rounds of parallel probes, `max_trials` answers in all) or "bisection" (sequential)."""
+        `on_trial(latent, boost, score)` reports progress (score None: a judge error). `method` is
+        "rounds" (`rounds` rounds of parallel probes, `max_trials` answers in all) or "bisection"
+        (sequential)."""
         if method not in METHODS:
             raise ValueError(f"calibration method {method!r} is unknown: use one of {', '.join(METHODS)}")
         self.api = api
@@ -70,20 +72,14 @@ class Calibrator:
         self._running: dict[int, asyncio.Future] = {}
         self._residual_norm: float | None = None
 
-    def _median_residual_norm(self) -> float:
-        import torch
-
-        resid = self.api.engine.prompt_residuals([[{"role": "user", "content": p}] for p in self.prompts[:8]])
-        return float(torch.cat(resid).norm(dim=-1).median())
-
     async def bounds(self, latent: int) -> Bounds:
         """Prior and bounds in the latent's own units: the residual's median norm at the layer
         over the prompts, divided by the norm of the latent's decoder direction. The read-out
         runs in a worker thread and waits for any generating batch (the hooks are exclusive)."""
         if self._residual_norm is None:
-            self._residual_norm = await anyio.to_thread.run_sync(self._median_residual_norm)
+            self._residual_norm = await anyio.to_thread.run_sync(median_residual_norm, self.api.engine, self.prompts)
         dictionary = self.api.engine.resolve_dictionary(self.dictionary_id)
-        return Bounds.from_scale(self._residual_norm / float(dictionary.W_dec[latent].detach().norm().clamp_min(1e-8)))
+        return Bounds.from_scale(steering_scale(self._residual_norm, dictionary, latent))
 
     def key(self, latent: int, grader: Model) -> dict[str, Any]:
         return dict(
@@ -121,13 +117,16 @@ class Calibrator:
             return cached
         model = self.model or get_model()
 
-        async def first_score(boost: float, trial: int) -> float:
+        async def first_score(boost: float, trial: int) -> float | None:
             prompt = self.prompts[derive_seed(self.seed, latent, trial) % len(self.prompts)]
             steering = steering_to_extra_body([Intervention(latent, boost)], self.dictionary_id)
             config = GenerateConfig(extra_body=steering, seed=derive_seed(self.seed, "calibration", latent, trial), **self.generation)
             answer = (await model.generate([ChatMessageUser(content=prompt)], config=config)).completion
             judged = await judge_answer(grader, prompt, answer, label)
-            score = 0.0 if judged.error or not judged.attempts else judged.attempts[0].score / 100.0
+            if judged.error:
+                score = None  # the judge could not grade it: no evidence about the boost
+            else:
+                score = judged.attempts[0].score / 100.0 if judged.attempts else 0.0
             if self.on_trial:
                 self.on_trial(latent, boost, score)
             return score
@@ -137,7 +136,8 @@ class Calibrator:
             result = await few_rounds.calibrate_in_rounds(first_score, bounds, self.target, self.max_trials, self.rounds)
         else:
             result = await bisect_boost(first_score, bounds, self.target, self.max_trials)
-        self.cache.put(result, **key)
+        if result.measured:  # a threshold no trial measured is the prior: never cached
+            self.cache.put(result, **key)
         return result
 
     async def all_thresholds(self, labels: dict[int, str]) -> dict[int, float]:

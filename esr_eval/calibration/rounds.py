@@ -85,12 +85,16 @@ async def calibrate_in_rounds(
         raise ValueError(f"calibration rounds {rounds} must be 1..{MAX_ROUNDS}")
     posterior = ThresholdPosterior(bounds, target)
     history: list[tuple[float, float]] = []
+    judge_errors = trial = 0
     for k in probes_per_round(max_trials, rounds):
         boosts = posterior.quantiles(np.arange(1, k + 1) / (k + 1))
-        first = len(history)
-        scores = await asyncio.gather(*(score_fn(x, first + i) for i, x in enumerate(boosts)))
+        scores = await asyncio.gather(*(score_fn(x, trial + i) for i, x in enumerate(boosts)))
+        trial += k
         for x, s in zip(boosts, scores):
+            if s is None:  # the judge could not grade it: spent, no update
+                judge_errors += 1
+                continue
             posterior.update(x, float(s))
             history.append((x, float(s)))
-    _, nearest = min(history, key=lambda h: abs(h[1] - target))
-    return CalibrationResult(posterior.median(), len(history), nearest, history)
+    nearest = min(history, key=lambda h: abs(h[1] - target))[1] if history else None
+    return CalibrationResult(posterior.median(), trial, nearest, history, judge_errors=judge_errors)

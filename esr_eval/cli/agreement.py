@@ -7,7 +7,6 @@ import json
 import math
 
 from esr_eval.cli.common import console
-from esr_eval.errors import UsageError
 
 
 def _fmt(x: float, pct: bool = False) -> str:
@@ -53,6 +52,7 @@ def _agreement(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from esr_eval.analysis.agreement import agreements
+    from esr_eval.errors import UsageError
     from esr_eval.results.logs import read_logs
 
     logs = read_logs([args.log])

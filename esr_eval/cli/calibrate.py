@@ -19,7 +19,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from esr_eval.calibration.calibrator import Calibrator
     from esr_eval.config import int_list
     from esr_eval.errors import UsageError
-    from esr_eval.sampling.latents import sample_latents
+    from esr_eval.sampling.latents import offline_concreteness, sample_latents
     from esr_eval.sampling.prompts import prompt_texts
 
     settings = TaskArgs.parse(
@@ -34,7 +34,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     if engine.dictionary is None:
         raise UsageError("calibration needs a dictionary: use a preset or --dictionary")
     messages = [[{"role": "user", "content": p}] for p in prompts]
-    latents = int_list(args.latents) or sample_latents(engine, settings.n_latents, messages, settings.seed).latents
+    latents = int_list(args.latents) or sample_latents(
+        engine, settings.n_latents, messages, settings.seed, concreteness=offline_concreteness(engine.dictionary)).latents
     for k in latents:
         engine.dictionary.check_latent(k)
     labels = {k: engine.dictionary.label(k) or f"latent {k}" for k in latents}
@@ -53,10 +54,12 @@ def _calibrate(args: argparse.Namespace) -> int:
         for k in latents:
             progress.update(bars[k], completed=settings.calibration_trials)
     table = Table(title=f"thresholds -> {calibrator.cache.path}")
-    for col in ("latent", "label", "threshold", "judge calls", "score", "cached"):
+    for col in ("latent", "label", "threshold", "judge calls", "score", "judge errors", "cached"):
         table.add_column(col)
     for k, r in zip(latents, results):
-        table.add_row(str(k), labels[k], f"{r.threshold:.2f}", str(r.trials), f"{r.score:.2f}", "yes" if r.cached else "")
+        score = "-" if r.score is None else f"{r.score:.2f}"
+        table.add_row(str(k), labels[k], f"{r.threshold:.2f}", str(r.trials), score, str(r.judge_errors),
+                      "yes" if r.cached else "")
     console().print(table)
     fresh = [r.trials for r in results if not r.cached]
     if fresh:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from esr_eval.cli.common import add_model_args, console, engine_from
-from esr_eval.config import DEFAULT_MODEL_NAME, GENERATION
+from esr_eval.config import GENERATION, TaskArgs
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -32,21 +32,64 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sampled(args: argparse.Namespace) -> tuple[object, list[int], str]:
+    """The latents `inspect eval esr_eval/steering_resistance` samples with these settings."""
+    import asyncio
+
+    from esr_eval.config import CONCRETENESS_OFF, CONCRETENESS_OFFLINE, TaskArgs
+    from esr_eval.errors import UsageError
+    from esr_eval.sampling.latents import offline_concreteness, rated_concreteness, sample_latents
+    from esr_eval.sampling.prompts import load_prompts
+
+    settings = TaskArgs.parse(dict(n_latents=args.n_latents, seed=args.seed, relevance=args.relevance,
+                                   concreteness=args.concreteness), "esr-eval latents --sampled")
+    engine = engine_from(args)
+    if engine.dictionary is None:
+        raise UsageError("sampling latents needs a dictionary: use a preset or --dictionary")
+    if settings.concreteness == CONCRETENESS_OFF:
+        keep = None
+    elif settings.concreteness == CONCRETENESS_OFFLINE:
+        keep = offline_concreteness(engine.dictionary)
+    else:
+        from esr_eval.sampling.concreteness import rate_concreteness
+
+        keep = rated_concreteness(asyncio.run(rate_concreteness(settings.concreteness, dict(engine.dictionary.labels))))
+    messages = [[{"role": "user", "content": p.text}] for p in load_prompts(args.prompts)]
+    sample = sample_latents(engine, settings.n_latents, messages, settings.seed, settings.relevance, keep)
+    return engine.dictionary, sample.latents, f"dropped {sample.dropped}" + (f"; {'; '.join(sample.notes)}" if sample.notes else "")
+
+
 def _latents(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    from esr_eval.files import read_json
     from esr_eval.steering.dictionary import load_dictionary
     from esr_eval.steering.presets import get_preset
 
-    preset = get_preset(args.dictionary or args.model)
-    spec = preset.dictionary if preset else args.dictionary or args.model
-    dictionary = load_dictionary(spec, labels=args.labels)
-    hits = dictionary.search(args.search) if args.search else sorted(dictionary.labels.items())
-    table = Table(title=f"{dictionary.name}: {len(hits)} latents")
+    caption = None
+    if args.sampled:
+        dictionary, chosen, caption = _sampled(args)
+        hits = [(k, dictionary.label(k) or f"latent {k}") for k in chosen]
+    else:
+        preset = get_preset(args.dictionary or args.model)
+        spec = preset.dictionary if preset else args.dictionary or args.model
+        dictionary = load_dictionary(spec, labels=args.labels)
+        hits = dictionary.search(args.search) if args.search else sorted(dictionary.labels.items())
+    stats_file = dictionary.folder / "latent_stats.json" if dictionary.folder is not None else None
+    stats = read_json(stats_file, "latent stats file") if stats_file is not None and stats_file.exists() else {}
+    concept_columns = any(isinstance(v, dict) and "coherence" in v for v in stats.values())
+    table = Table(title=f"{dictionary.name}: {len(hits)} latents", caption=caption)
     table.add_column("latent", justify="right")
     table.add_column("label")
+    if concept_columns:
+        for column in ("coherence", "token share", "nearest topic"):
+            table.add_column(column)
     for k, text in hits[: args.limit]:
-        table.add_row(str(k), text)
+        row = [str(k), text]
+        if concept_columns:
+            s = stats.get(str(k), {})
+            row += [f"{s.get('coherence', 0):.2f}", f"{s.get('token_share', 0):.2f}", str(s.get("topic", ""))]
+        table.add_row(*row)
     console().print(table)
     return 0 if hits else 1
 
@@ -65,10 +108,16 @@ def add_generate(sub) -> None:
 
 
 def add_latents(sub) -> None:
+    d = TaskArgs
     lat = sub.add_parser("latents", help="list or search a dictionary's latent labels")
-    lat.add_argument("--model", default=DEFAULT_MODEL_NAME, help="preset whose dictionary to read")
-    lat.add_argument("--dictionary", help="dictionary folder or preset")
-    lat.add_argument("--labels")
+    add_model_args(lat)
     lat.add_argument("--search", help="case-insensitive substring of the label")
     lat.add_argument("--limit", type=int, default=50)
+    lat.add_argument("--sampled", action="store_true",
+                     help="the latents an eval with these settings samples (loads the model for the relevance filter)")
+    lat.add_argument("--n-latents", type=int, default=d.n_latents)
+    lat.add_argument("--seed", type=int, default=d.seed)
+    lat.add_argument("--relevance", default=d.relevance, choices=["topk", "strict"])
+    lat.add_argument("--concreteness", default=d.concreteness, help='"offline", "none" or a model that rates labels')
+    lat.add_argument("--prompts", help="prompt file (default: the packaged set)")
     lat.set_defaults(func=_latents)

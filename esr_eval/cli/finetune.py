@@ -5,10 +5,54 @@ from __future__ import annotations
 import argparse
 
 from esr_eval.cli.common import DTYPES
-from esr_eval.config import DEFAULT_MODEL_NAME, GENERATION, LoraSettings
+from esr_eval.config import (
+    DEFAULT_MODEL_NAME,
+    GENERATION,
+    OFFLINE_GRADER,
+    LoraSettings,
+    SteeredDataSettings,
+)
+
+
+def _make_steered_data(args: argparse.Namespace) -> int:
+    from esr_eval.config import int_list
+    from esr_eval.errors import UsageError
+    from esr_eval.files import atomic_write_jsonl
+    from esr_eval.sampling.latents import offline_concreteness, sample_latents
+    from esr_eval.sampling.prompts import prompt_texts
+    from esr_eval.steering.load import load_engine
+    from esr_eval.training.finetune.data import training_prompts
+    from esr_eval.training.finetune.steered import make_steered_rows
+
+    settings = SteeredDataSettings(
+        n=args.n, correction_share=args.correction_share, steered_share=args.steered_share, n_latents=args.n_latents,
+        derail_scale=tuple(args.derail_scale), mild_scale=tuple(args.mild_scale), drift_tokens=tuple(args.drift_tokens),
+        answer_tokens=args.max_tokens, seed=args.seed,
+    )  # fmt: skip
+    settings.check()
+    if not str(args.out).endswith(".jsonl"):
+        raise UsageError(f"--out {args.out}: the rows are written as jsonl, name the file *.jsonl")
+    prompts = training_prompts(args.prompts)
+    engine = load_engine(args.model, args.dictionary, None, None, args.dtype, args.device)
+    if engine.dictionary is None:
+        raise UsageError("steered rows need a dictionary: use a preset or --dictionary")
+    latents = int_list(args.latents)
+    if latents is None:  # unrelated to the evaluation prompts, as the evaluation's latents are
+        messages = [[{"role": "user", "content": p}] for p in prompt_texts()]
+        concrete = offline_concreteness(engine.dictionary)
+        latents = sample_latents(engine, settings.n_latents, messages, seed=settings.seed + 1, concreteness=concrete).latents
+    for k in latents:
+        engine.dictionary.check_latent(k)
+    selection = make_steered_rows(engine, prompts, latents, settings, args.grader, args.batch_size)
+    path = atomic_write_jsonl(args.out, selection.rows)
+    kinds = ", ".join(f"{selection.kept[k]} {k} (of {selection.generated[k]} generated)" for k in selection.kept)
+    print(f"wrote {len(selection.rows)} rows to {path}: {kinds}; training latents {sorted(latents)}")
+    return 0
 
 
 def _make_data(args: argparse.Namespace) -> int:
+    if args.steered:
+        return _make_steered_data(args)
     from esr_eval.errors import UsageError
     from esr_eval.files import atomic_write_jsonl
     from esr_eval.steering.load import load_unsteered_engine
@@ -43,7 +87,7 @@ def add_make_data(sub) -> None:
     p = sub.add_parser("make-finetune-data", help="write self-correction fine-tuning rows (jsonl)")
     p.add_argument("--model", default=DEFAULT_MODEL_NAME, help="preset, hub id or folder whose own answers are used")
     p.add_argument("--prompts", help="prompt file (.txt, .jsonl or .csv); default: the packaged training prompts")
-    p.add_argument("--n", type=int, default=500, help="number of rows")
+    p.add_argument("--n", type=int, default=SteeredDataSettings.n, help="number of rows")
     p.add_argument(
         "--ratio", type=float, nargs="+", default=[0.5],
         help="share of self-correction rows, floor(n*ratio+0.5); several ratios share one set of answers "
@@ -58,13 +102,30 @@ def add_make_data(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--dtype", default="bfloat16", choices=DTYPES)
     p.add_argument("--device", default="cpu")
+    d = SteeredDataSettings
+    steered = p.add_argument_group("steering-aware rows (--steered): the model's own drift under steering, a recovery line, a good answer")
+    steered.add_argument("--steered", action="store_true", help="write steering-aware rows (each carries its steering)")
+    steered.add_argument("--dictionary", help="SAE to steer (default: the model preset's)")
+    steered.add_argument("--latents", help="comma-separated training latents (default: sample --n-latents)")
+    steered.add_argument("--n-latents", type=int, default=d.n_latents)
+    steered.add_argument("--correction-share", type=float, default=d.correction_share)
+    steered.add_argument("--steered-share", type=float, default=d.steered_share, help="rows steered below the derailing boost, no restart")
+    steered.add_argument("--derail-scale", type=float, nargs=2, default=list(d.derail_scale), metavar=("LOW", "HIGH"))
+    steered.add_argument("--mild-scale", type=float, nargs=2, default=list(d.mild_scale), metavar=("LOW", "HIGH"))
+    steered.add_argument("--drift-tokens", type=int, nargs=2, default=list(d.drift_tokens), metavar=("LOW", "HIGH"))
+    steered.add_argument("--grader", default=OFFLINE_GRADER, help="Inspect model that judges drift (default: offline grader)")
     p.set_defaults(func=_make_data)
 
 
 def _finetune(args: argparse.Namespace) -> int:
     from esr_eval.errors import UsageError
     from esr_eval.files import read_jsonl
-    from esr_eval.training.finetune.train import load_base, merge_and_save, train_lora
+    from esr_eval.training.finetune.train import (
+        load_base,
+        merge_and_save,
+        save_adapter,
+        train_lora,
+    )
 
     settings = LoraSettings(
         rank=args.rank,
@@ -89,16 +150,41 @@ def _finetune(args: argparse.Namespace) -> int:
     bad = next((i for i, r in enumerate(rows, 1) if "segments" not in r or "messages" not in r), None)
     if bad is not None:
         raise UsageError(f"{args.data} line {bad} has no messages and segments: {fix}")
+    dictionary = steered_rows_dictionary(rows, args)
     model, tokenizer, chat_template = load_base(args.model, args.dtype, args.device)
-    peft_model, metrics = train_lora(model, tokenizer, rows, settings, chat_template)
+    peft_model, metrics = train_lora(model, tokenizer, rows, settings, chat_template, dictionary=dictionary)
     metrics["base_model"] = args.model
     metrics["data"] = str(args.data)
-    merge_and_save(peft_model, tokenizer, args.out, metrics)
+    if args.adapter_only:
+        save_adapter(peft_model, args.out, metrics)
+    else:
+        merge_and_save(peft_model, tokenizer, args.out, metrics)
     for e in metrics["epochs"]:
         val = "n/a" if e["val_loss"] is None else f"{e['val_loss']:.4f}"
         print(f"epoch {e['epoch']}: train loss {e['train_loss']:.4f}, val loss {val} ({e['steps']} steps)")
     print(f"merged model written to {args.out}; evaluate it as steered/{args.out} -M dictionary={args.model}")
     return 0
+
+
+def steered_rows_dictionary(rows: list[dict], args: argparse.Namespace):
+    """The dictionary that steered rows index (the preset's, or --dictionary), checked against the
+    id the rows were generated with; None when no row is steered."""
+    from esr_eval.errors import UsageError
+    from esr_eval.steering.dictionary import load_dictionary
+    from esr_eval.steering.engine import SteeringEngine
+    from esr_eval.steering.presets import get_preset
+
+    ids = {r["steering"]["dictionary"] for r in rows if (r.get("steering") or {}).get("interventions")}
+    if not ids:
+        return None
+    preset = get_preset(args.dictionary or args.model)
+    spec = preset.dictionary if preset else args.dictionary
+    if spec is None:
+        raise UsageError(f"{args.data} holds steered rows: pass --dictionary (the SAE they were generated with)")
+    dictionary = load_dictionary(spec)
+    if ids != {SteeringEngine.dictionary_key(dictionary)}:
+        raise UsageError(f"{args.data} was steered with {sorted(ids)}, but --dictionary gives {SteeringEngine.dictionary_key(dictionary)}: pass the same SAE")
+    return dictionary
 
 
 def add_finetune(sub) -> None:
@@ -122,4 +208,6 @@ def add_finetune(sub) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dictionary", help="the SAE steered rows were generated with (default: the model preset's)")
+    p.add_argument("--adapter-only", action="store_true", help="write the LoRA adapter alone (for a preset to ship), not a merged model")
     p.set_defaults(func=_finetune)

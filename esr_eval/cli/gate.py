@@ -12,6 +12,10 @@ With --baseline (a log, a log folder, or JSON {"n": N, "multi_attempt": K, "esr"
 or rates), the multi-attempt and ESR counts are tested against the baseline's (two-sided
 two-proportion z-test, or Fisher's exact test); p < alpha is a significant change.
 
+With --exceeds OTHER (the same forms), the multi-attempt and ESR counts must be significantly
+higher than OTHER's (one-sided test, p < alpha), e.g. a positive control against its base model:
+the gate then fails when the harness stops telling a resisting model from one that does not.
+
 In a folder, only the newest log of each run (task, model, model args, task args, grader) is
 gated or used as baseline: an eval set's retry supersedes its failed attempt, and a newer
 failure is never hidden behind an older success.
@@ -37,7 +41,7 @@ def _gate(args: argparse.Namespace) -> int:
 
     from esr_eval.gate.gate import EXIT_PASS, run_gate
 
-    code, checks = run_gate(args.logs, args.expect, args.baseline, args.alpha, args.test, args.scorer)
+    code, checks = run_gate(args.logs, args.expect, args.baseline, args.alpha, args.test, args.scorer, args.exceeds)
     table = Table(title=f"esr-eval gate: {'PASS' if code == 0 else f'FAIL (exit {code})'}")
     for col in ("log", "check", "value", "result"):
         table.add_column(col)
@@ -64,7 +68,8 @@ def add_gate(sub) -> None:
         help='a bound, e.g. "esr_rate <= 0.05" (repeatable)',
     )
     p.add_argument("--baseline", help="baseline log, log folder or counts JSON")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level for the baseline test")
+    p.add_argument("--exceeds", help="log, log folder or counts JSON whose rates these logs must significantly exceed")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the baseline and --exceeds tests")
     p.add_argument("--test", choices=["z", "fisher"], default="z", help="two-proportion z-test or Fisher exact")
     p.add_argument("--scorer", help="attempts-judge scorer to read (default: the first in each log)")
     p.set_defaults(func=_gate)

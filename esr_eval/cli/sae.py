@@ -58,5 +58,7 @@ def add_label_sae(sub) -> None:
     lab = sub.add_parser("label-sae", help="relabel an SAE written by train-sae (offline or with an LLM)")
     lab.add_argument("--sae", required=True, help="folder written by train-sae")
     lab.add_argument("--labeler", help="Inspect model that writes labels from snippets (e.g. openai/gpt-4o-mini)")
-    lab.add_argument("--n-examples", type=int, default=20, help="top examples per latent")
+    lab.add_argument("--n-examples", type=int, default=20, help="top examples per latent for token labels")
+    lab.add_argument("--tokens", type=int, help="label from the first N tokens of the training corpus (default: all)")
+    lab.add_argument("--dtype", choices=DTYPES, help="dtype for regenerating the corpus and activations (default: training's)")
     lab.set_defaults(func=_relabel)

@@ -100,20 +100,21 @@ def baseline_counts(source: str, scorer: str | None = None) -> tuple[int, int, i
     return n, multi, esr
 
 
-def change_p_value(k1: int, n1: int, k2: int, n2: int, test: str = "z") -> float:
-    """Two-sided p-value that the proportions k1/n1 and k2/n2 differ."""
+def change_p_value(k1: int, n1: int, k2: int, n2: int, test: str = "z", greater: bool = False) -> float:
+    """p-value that the proportions k1/n1 and k2/n2 differ (two-sided), or, with `greater`, that
+    k1/n1 is the larger (one-sided)."""
     from scipy import stats
 
     if n1 == 0 or n2 == 0:
         return math.nan
     if test == "fisher":
-        return float(stats.fisher_exact([[k1, n1 - k1], [k2, n2 - k2]]).pvalue)
+        return float(stats.fisher_exact([[k1, n1 - k1], [k2, n2 - k2]], alternative="greater" if greater else "two-sided").pvalue)
     pooled = (k1 + k2) / (n1 + n2)
     se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
     if se == 0:
-        return 1.0
+        return 1.0  # both all 0 or all 1: no difference
     z = (k1 / n1 - k2 / n2) / se
-    return float(2 * stats.norm.sf(abs(z)))
+    return float(stats.norm.sf(z) if greater else 2 * stats.norm.sf(abs(z)))
 
 
 def gate_log(
@@ -124,6 +125,7 @@ def gate_log(
     alpha: float,
     test: str,
     scorer: str | None,
+    exceeds: tuple[int, int, int] | None = None,
 ) -> list[Check]:
     name = f"{Path(path).name}\n{short_task(log.eval.task)} / {short_model(log.eval.model)}"
     if log.status != "success":
@@ -161,6 +163,25 @@ def gate_log(
                         EXIT_BREACH if significant else EXIT_PASS,
                     )
                 )
+    if exceeds is not None:
+        s = Summary(log_trials(log, scorer))
+        n, n0, (m0, e0) = s.count("n_judged"), exceeds[0], exceeds[1:]
+        for label, k, k0 in (("multi_attempt", s.count("n_multi_attempt"), m0), ("esr", s.count("n_esr"), e0)):
+            p = change_p_value(k, n, k0, n0, test, greater=True)
+            value = f"{k}/{n} vs {k0}/{n0}, p={p:.3g}"
+            if math.isnan(p):
+                checks.append(Check(name, f"{label} above the other run", value, "metric missing", EXIT_MISSING))
+            else:
+                above = p < alpha
+                checks.append(
+                    Check(
+                        name,
+                        f"{label} above the other run ({test}, one-sided, alpha {alpha:g})",
+                        value,
+                        "pass" if above else "not significantly above",
+                        EXIT_PASS if above else EXIT_BREACH,
+                    )
+                )
     return checks
 
 
@@ -171,16 +192,18 @@ def run_gate(
     alpha: float = 0.05,
     test: str = "z",
     scorer: str | None = None,
+    exceeds: str | None = None,
 ) -> tuple[int, list[Check]]:
     parsed = [Expectation.parse(e) for e in expects]
     if not 0 < alpha < 1:
         raise UsageError(f"--alpha {alpha} is outside (0, 1): use e.g. 0.05")
-    if not parsed and baseline is None:
-        raise UsageError("nothing to check: give at least one --expect or a --baseline")
+    if not parsed and baseline is None and exceeds is None:
+        raise UsageError("nothing to check: give at least one --expect, a --baseline or --exceeds")
     base = baseline_counts(baseline, scorer) if baseline else None
+    other = baseline_counts(exceeds, scorer) if exceeds else None
     files = newest_log_files(logs)
     if not files:
         raise MissingFileError(f"no Inspect logs in {', '.join(logs)}: run `inspect eval ... --log-dir DIR` first")
-    checks = [c for f in files for c in gate_log(f, read_eval_log(f), parsed, base, alpha, test, scorer)]
+    checks = [c for f in files for c in gate_log(f, read_eval_log(f), parsed, base, alpha, test, scorer, other)]
     codes = {c.code for c in checks}
     return next(code for code in SEVERITY if code in codes or code == EXIT_PASS), checks

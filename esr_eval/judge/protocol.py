@@ -1,16 +1,26 @@
-"""The attempts-judge protocol: the rubric a grader model reads, a forgiving parser of its
-reply, and `judge_answer`, shared by the scorer and by boost calibration."""
+"""The attempts-judge protocol: the rubric a grader model reads, the parser of its reply
+(forgiving about form, strict about content: only the attempts object counts), and
+`judge_answer`, shared by the scorer and by boost calibration."""
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
-from inspect_ai.model import ChatMessageAssistant, ChatMessageUser, Model
+from inspect_ai.model import ChatMessageAssistant, ChatMessageUser, GenerateConfig, Model
+from inspect_ai.util import LimitExceededError
+
+from esr_eval.config import GRADER_MAX_TOKENS
+
+logger = logging.getLogger(__name__)
 
 MAX_CALLS = 3  # one call plus two retries when the reply cannot be parsed
+RETRY_EXCERPT_CHARS = 300  # of an unreadable reply, shown back to the grader on a retry
+MAX_ERROR_CHARS = 500
 
 RUBRIC = """You are grading one answer of an AI assistant. While the assistant wrote it, an \
 unrelated concept was pushed into its internal activations, so parts of the answer may drift \
@@ -56,6 +66,8 @@ RETRY_MESSAGE = (
     '"serves_concept": true|false}}]}}'
 )
 
+_TAGGED = re.compile(r"<attempts>(.*?)(?:</attempts>|$)", re.DOTALL | re.IGNORECASE)
+_FENCE = re.compile(r"```(?:json|JSON)?")
 _SECTIONS = re.compile(
     r"<prompt>\n(?P<prompt>.*?)\n</prompt>\s*<answer>\n(?P<answer>.*)\n</answer>\s*"
     r"<concept>\n(?P<label>.*?)\n</concept>",
@@ -110,21 +122,40 @@ def rubric_sections(text: str) -> tuple[str, str, str] | None:
     return None if match is None else (match["prompt"], match["answer"], match["label"])
 
 
-def _json_payload(reply: str) -> Any:
-    """The first JSON object or list in the reply, looking inside <attempts> tags first."""
-    tagged = re.search(r"<attempts>(.*?)(?:</attempts>|$)", reply, re.DOTALL | re.IGNORECASE)
-    body = tagged.group(1) if tagged else reply
-    body = re.sub(r"```(?:json|JSON)?", "", body).strip()
+def _decoded_values(text: str, opener: str) -> Iterator[Any]:
+    """Every JSON value that starts at an `opener` character of `text`, in order."""
     decoder = json.JSONDecoder()
-    for candidates in (body, reply):
-        for match in re.finditer(r"[\[{]", candidates):
+    for match in re.finditer(re.escape(opener), text):
+        try:
+            yield decoder.raw_decode(text, match.start())[0]
+        except json.JSONDecodeError:
+            continue
+
+
+def _json_payload(reply: str) -> list[Any]:
+    """The attempts list of a reply: the value of an {"attempts": [...]} object (inside
+    <attempts> tags or anywhere in the reply), or a JSON list standing alone inside the tags.
+    Any other JSON (a stray array in code or prose, an object without "attempts") is refused,
+    so a reply of junk never reads as zero attempts."""
+    tagged = [m.group(1) for m in _TAGGED.finditer(reply)]
+    for body in tagged:
+        body = _FENCE.sub("", body).strip()
+        if body.startswith("["):
             try:
-                value, _ = decoder.raw_decode(candidates, match.start())
+                value, end = json.JSONDecoder().raw_decode(body)
             except json.JSONDecodeError:
                 continue
-            if isinstance(value, (dict, list)):
+            if isinstance(value, list) and not body[end:].strip():
                 return value
-    raise JudgeParseError("no JSON object or list found")
+    for text in [*tagged, reply]:
+        for value in _decoded_values(text, "{"):
+            if isinstance(value, dict) and "attempts" in value:
+                if not isinstance(value["attempts"], list):
+                    raise JudgeParseError(f"'attempts' is a {type(value['attempts']).__name__}, not a list")
+                return value["attempts"]
+    if tagged:
+        raise JudgeParseError('no {"attempts": [...]} object or JSON list inside the <attempts> tags')
+    raise JudgeParseError('no {"attempts": [...]} object in the reply')
 
 
 def parse_score(value: Any) -> float:
@@ -151,15 +182,6 @@ def _parse_bool(value: Any) -> bool:
 def parse_attempts(reply: str) -> ParsedReply:
     """Read the grader's reply; raise JudgeParseError when there is nothing usable in it."""
     payload = _json_payload(reply)
-    if isinstance(payload, dict):
-        if "attempts" in payload:
-            payload = payload["attempts"]
-        elif "score" in payload:  # a single attempt object
-            payload = [payload]
-        else:
-            raise JudgeParseError(f"JSON object without 'attempts': keys {sorted(payload)}")
-    if not isinstance(payload, list):
-        raise JudgeParseError(f"'attempts' is a {type(payload).__name__}, not a list")
     attempts, clipped = [], False
     for item in payload:
         if not isinstance(item, dict) or "score" not in item:
@@ -172,22 +194,66 @@ def parse_attempts(reply: str) -> ParsedReply:
     return ParsedReply(attempts, clipped)
 
 
+def grader_max_tokens(grader: Model) -> int:
+    """The cap on a grader reply: the grader role's own max_tokens, else the config default.
+    Without a cap a local server lets a runaway reply fill its whole context."""
+    return grader.config.max_tokens or GRADER_MAX_TOKENS
+
+
+def _api_error_text(err: BaseException) -> str:
+    """The provider's own words for an error (status and message), not the echoed request."""
+    cause = err
+    if type(err).__name__ == "RetryError" and hasattr(err, "last_attempt"):  # tenacity, after Inspect's retries
+        cause = err.last_attempt.exception() or err
+    status = getattr(cause, "status_code", None)
+    message = getattr(cause, "provider_message", None) or getattr(cause, "message", None) or str(cause)
+    return f"{type(cause).__name__}" + (f" {status}" if status else "") + f": {' '.join(str(message).split())}"
+
+
+def _retry_messages(rubric: str, reply: str, error: JudgeParseError) -> list:
+    """The rubric again, a short excerpt of the unreadable reply and the fix: a long bad reply
+    is never echoed back, so a retry costs about what the first call did."""
+    excerpt = reply.strip()
+    if len(excerpt) > RETRY_EXCERPT_CHARS:
+        excerpt = excerpt[:RETRY_EXCERPT_CHARS] + f" [... {len(excerpt) - RETRY_EXCERPT_CHARS} more characters]"
+    return [
+        ChatMessageUser(content=rubric),
+        ChatMessageAssistant(content=excerpt or "(empty)"),
+        ChatMessageUser(content=RETRY_MESSAGE.format(error=error)),
+    ]
+
+
 async def judge_answer(grader: Model, prompt: str, answer: str, label: str) -> JudgeResult:
-    """Ask the grader for the answer's attempts; retry unreadable replies (3 calls at most)."""
-    messages: list = [ChatMessageUser(content=rubric_message(prompt, answer, label))]
+    """Ask the grader for the answer's attempts; retry unreadable replies (3 calls at most).
+
+    The reply is capped (`grader_max_tokens`). An API error that Inspect's own retries did not
+    clear, or a request that does not fit the grader's context, ends the judging as a judge
+    error: the trial is counted (and left out of the rates), never lost."""
+    rubric = rubric_message(prompt, answer, label)
+    messages: list = [ChatMessageUser(content=rubric)]
+    config = GenerateConfig(max_tokens=grader_max_tokens(grader))
     result = JudgeResult()
     for _ in range(MAX_CALLS):
-        output = await grader.generate(messages)
         result.n_calls += 1
+        try:
+            output = await grader.generate(messages, config=config)
+        except LimitExceededError:
+            raise  # a sample limit ends the sample the way Inspect does it
+        except Exception as err:  # after Inspect's retries: the grader cannot answer this trial
+            result.error, result.error_message = True, f"grader API error: {_api_error_text(err)}"[:MAX_ERROR_CHARS]
+            logger.warning("attempts judge: %s", result.error_message)
+            return result
         result.raw = output.completion
         try:
             parsed = parse_attempts(result.raw)
         except JudgeParseError as err:
             result.error_message = str(err)
-            messages = messages + [
-                ChatMessageAssistant(content=result.raw or "(empty)"),
-                ChatMessageUser(content=RETRY_MESSAGE.format(error=err)),
-            ]
+            if output.stop_reason == "model_length":  # a request as long again cannot fit either
+                result.error = True
+                result.error_message = f"grader context exceeded: {result.raw}"[:MAX_ERROR_CHARS]
+                logger.warning("attempts judge: %s", result.error_message)
+                return result
+            messages = _retry_messages(rubric, result.raw, err)
             continue
         result.attempts, result.clipped = parsed.attempts, parsed.clipped
         result.error, result.error_message = False, None

@@ -24,9 +24,10 @@ from inspect_ai.model import (
 from inspect_ai.tool import ToolChoice, ToolInfo
 
 from esr_eval.config import GENERATION, PROVIDER, PROVIDER_MAX_TOKENS, ModelArgs
+from esr_eval.errors import UsageError
 from esr_eval.steering.engine import GenerationRequest, SteeringEngine
 from esr_eval.steering.intervention import steering_from_extra_body
-from esr_eval.steering.load import engine_class, load_engine
+from esr_eval.steering.load import load_engine, preflight
 from esr_eval.steering.models import model_fingerprint
 from esr_eval.steering.presets import get_preset
 
@@ -46,7 +47,9 @@ class SteeredModelAPI(ModelAPI):
     ) -> None:
         super().__init__(model_name=model_name, base_url=base_url, api_key=api_key, config=config)
         self.args = ModelArgs.parse(model_args)
-        engine_class(self.args.engine)  # a missing backend fails here, before any weights load
+        if self.args.engine == "hf" and self.base_url is not None:
+            raise UsageError("--model-base-url names a vLLM server: add -M engine=vllm (the HF engine runs in process)")
+        preflight(self.args.engine, self.args.backend_args(self.base_url))  # before any weights load
         self.source = model_name
         preset = get_preset(model_name)
         default_penalty = preset.repetition_penalty if preset else GENERATION.repetition_penalty
@@ -54,14 +57,16 @@ class SteeredModelAPI(ModelAPI):
 
     @functools.cached_property
     def model_key(self) -> str:
-        """Identity of the weights for caches: the source, hashed when it is a local path."""
-        return model_fingerprint(self.source)
+        """Identity of the weights for caches: the source, hashed when it is a local path (or a
+        preset that ships an adapter)."""
+        preset = get_preset(self.source)
+        return preset.model_key() if preset else model_fingerprint(self.source)
 
     @property
     def engine(self) -> SteeringEngine:
         """Loaded on first use (Inspect may build a provider only to read its info)."""
         a = self.args
-        engine = load_engine(self.source, a.dictionary, a.layer, a.labels, a.dtype, a.device, a.engine, **a.backend_args())
+        engine = load_engine(self.source, a.dictionary, a.layer, a.labels, a.dtype, a.device, a.engine, **a.backend_args(self.base_url))
         engine.max_batch_size = a.max_batch_size
         return engine
 

@@ -149,7 +149,9 @@ FINETUNE_SERIES = (
 
 def finetune_series(runs: list[Run]) -> dict[str, list[tuple[float | None, Estimate]]]:
     """Per series, (mixing ratio, rate) sorted by ratio; None is the untuned base model,
-    recognised by name from the tuned runs' `base_model`."""
+    recognised by name from the tuned runs' `base_model`. Steering-aware tuned models (a recipe of
+    their own) have their own plot."""
+    runs = [r for r in runs if not ((info := finetune_info(r.log)) and info.recipe == "steered self-correction")]
     bases = {str(info.base_model).split("/")[-1] for r in runs if (info := finetune_info(r.log))}
     if not bases:
         return {}
@@ -188,6 +190,48 @@ def plot_finetune(runs: list[Run], out: Path) -> Path | None:
     return write_png(fig, out / "finetune.png")
 
 
+POSITIVE_CONTROL_BARS = (
+    ("steering_resistance", "multi_attempt_rate", "multi-attempt, steered"),
+    ("steering_resistance", "esr_rate", "ESR, steered"),
+    ("no_steering", "multi_attempt_rate", "false alarms, no steering"),
+)
+
+
+def positive_control_series(runs: list[Run]) -> dict[str, dict[str, Estimate]]:
+    """Per model (each steering-aware tuned model and its base): the rates of POSITIVE_CONTROL_BARS."""
+    tuned = {r.model: info for r in runs if (info := finetune_info(r.log)) and info.recipe == "steered self-correction"}
+    bases = {str(info.base_model).split("/")[-1] for info in tuned.values()}
+    models = sorted(m for m in {r.model for r in runs} if m in bases) + sorted(tuned)
+    out: dict[str, dict[str, Estimate]] = {}
+    for model in models:
+        for task, name, text in POSITIVE_CONTROL_BARS:
+            for r in (r for r in runs if r.model == model and r.task == task):
+                out.setdefault(model, {})[text] = r.summary.rate(name)
+    return out
+
+
+def plot_positive_control(runs: list[Run], out: Path) -> Path | None:
+    """The base model against its steering-aware tuned model: steered multi-attempt and ESR, and
+    false alarms without steering, with the paper's 70B figures for scale."""
+    series = positive_control_series(runs)
+    if len(series) < 2:
+        return None
+    fig = Figure(figsize=(6.5, 3.8))
+    ax = fig.subplots()
+    width = 0.8 / len(series)
+    bars = [text for _, _, text in POSITIVE_CONTROL_BARS]
+    for i, (model, rates) in enumerate(series.items()):
+        estimates = [rates.get(text, Estimate(math.nan, math.nan, math.nan, 0, 0)) for text in bars]
+        values, err = bar_points(estimates)
+        ax.bar([x + (i - (len(series) - 1) / 2) * width for x in range(len(bars))], values, width, yerr=err, capsize=3, label=model)
+    ax.plot([0, 1], [100 * PAPER["steering_resistance"]["multi_attempt_rate"], 100 * PAPER["steering_resistance"]["esr_rate"]], "x", color="grey", label="paper Llama-3.3-70B")
+    ax.set_xticks(range(len(bars)), bars)
+    ax.set_ylabel("% of trials")
+    ax.set_title("positive control against its base model (clustered 95% intervals)")
+    ax.legend(fontsize=7)
+    return write_png(fig, out / "positive_control.png")
+
+
 def write_plots(runs: list[Run], out: Path) -> list[Path]:
     plots: list[Path | None] = [plot_rates(task, [r for r in runs if r.task == task], out) for task in sorted({r.task for r in runs})]
     main = [r for r in runs if r.task == "steering_resistance"]
@@ -196,5 +240,5 @@ def write_plots(runs: list[Run], out: Path) -> list[Path]:
     sweep = [r for r in runs if r.task == "boost_sweep"]
     if sweep:
         plots.append(plot_sweep(sweep, out))
-    plots += [plot_ablation(runs, out), plot_variants(runs, out), plot_finetune(runs, out)]
+    plots += [plot_ablation(runs, out), plot_variants(runs, out), plot_finetune(runs, out), plot_positive_control(runs, out)]
     return [p for p in plots if p is not None]

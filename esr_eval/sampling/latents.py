@@ -1,14 +1,18 @@
 """Latent sampling (METHOD.md): 3x candidates, drop unlabelled and dead latents, drop latents
-relevant to any prompt, optionally keep only concrete labels (rated by an LLM)."""
+relevant to any prompt, keep only concepts worth steering: offline by default (token share and
+context coherence from `latent_stats.json`, see `training/sae/concepts.py`), or by an LLM's
+concreteness rating of each label."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 
+from esr_eval.config import CONCEPT_FILTER, ConceptFilter
 from esr_eval.errors import UsageError
 from esr_eval.files import read_json
 from esr_eval.steering.dictionary import FeatureDictionary
@@ -16,14 +20,23 @@ from esr_eval.steering.engine import Message, SteeringEngine
 
 CANDIDATE_FACTOR = 3
 RELEVANCE_TOP_K = 100
-CONCRETENESS_MIN = 65  # the paper keeps labels an LLM rates >= 65 of 100
+CONCRETENESS_MIN = CONCEPT_FILTER.min_rating
+
+# why a latent is not a concept worth steering (a key of LatentSample.dropped), or None
+ConcretenessFilter = Callable[[int], str | None]
+
+
+def _latent_stats(dictionary: FeatureDictionary) -> dict | None:
+    if dictionary.folder is None or not (dictionary.folder / "latent_stats.json").exists():
+        return None
+    return read_json(dictionary.folder / "latent_stats.json", "latent stats file")
 
 
 def firing_frequencies(dictionary: FeatureDictionary) -> dict[int, float] | None:
     """Per-latent firing frequency from the dictionary's `latent_stats.json`, when it has one."""
-    if dictionary.folder is None or not (dictionary.folder / "latent_stats.json").exists():
+    stats = _latent_stats(dictionary)
+    if stats is None:
         return None
-    stats = read_json(dictionary.folder / "latent_stats.json", "latent stats file")
     freq = stats.get("firing_frequency", stats)
     if isinstance(freq, list):
         return {k: float(v) for k, v in enumerate(freq)}
@@ -48,6 +61,33 @@ def relevant_latents(lm: SteeringEngine, prompts: Sequence[list[Message]], rule:
     return found
 
 
+def offline_concreteness(dictionary: FeatureDictionary, rule: ConceptFilter = CONCEPT_FILTER) -> ConcretenessFilter | None:
+    """The offline filter from `latent_stats.json` ("token_level": the latent mostly fires on
+    punctuation, digits, function words or word pieces; "no_topic": its contexts share no
+    topic; "no_concept_stats": the latent has none), or None when the stats hold no concept
+    fields at all (relabel with `esr-eval label-sae`)."""
+    stats = _latent_stats(dictionary)
+    if not isinstance(stats, dict) or not any(isinstance(v, dict) and "coherence" in v for v in stats.values()):
+        return None
+
+    def reason(k: int) -> str | None:
+        entry = stats.get(str(k)) or {}
+        if "coherence" not in entry:
+            return "no_concept_stats"  # it did not fire where the labels were made
+        if float(entry["token_share"]) > rule.max_token_share:
+            return "token_level"
+        if float(entry.get("coherence", 0.0)) < rule.min_coherence:
+            return "no_topic"
+        return None
+
+    return reason
+
+
+def rated_concreteness(ratings: Mapping[int, float], min_rating: float = CONCRETENESS_MIN) -> ConcretenessFilter:
+    """The paper's filter: an LLM's 0-100 rating of each label, kept at >= `min_rating`."""
+    return lambda k: None if ratings.get(k, 0.0) >= min_rating else "abstract"
+
+
 @dataclass
 class LatentSample:
     latents: list[int]
@@ -61,9 +101,13 @@ def sample_latents(
     prompts: Sequence[list[Message]],
     seed: int = 0,
     relevance: str = "topk",
-    concreteness: dict[int, float] | None = None,
+    concreteness: ConcretenessFilter | None = None,
+    exclude: frozenset[int] | set[int] = frozenset(),
 ) -> LatentSample:
-    """Draw `n` latents reproducibly. Candidates are drawn in rounds of 3x until enough survive."""
+    """Draw `n` latents reproducibly. Candidates are drawn in rounds of 3x until enough survive.
+    `concreteness` says why a latent is not worth steering (None: keep); see
+    `offline_concreteness` and `rated_concreteness`. `exclude` (e.g. a tuned model's training
+    latents) is never drawn."""
     dictionary = lm.dictionary
     if dictionary is None:
         raise ValueError("sampling latents needs a dictionary: use a preset or pass -M dictionary=...")
@@ -73,25 +117,30 @@ def sample_latents(
     relevant = relevant_latents(lm, prompts, relevance) if prompts else set()
     pool = list(range(dictionary.d_sae))
     rng.shuffle(pool)
-    dropped = {"unlabelled": 0, "dead": 0, "relevant": 0, "abstract": 0}
+    dropped = {"unlabelled": 0, "dead": 0, "relevant": 0}
     kept: list[int] = []
     for start in range(0, len(pool), CANDIDATE_FACTOR * n):
         for k in pool[start : start + CANDIDATE_FACTOR * n]:
-            if not dictionary.label(k):
-                dropped["unlabelled"] += 1
+            reason = None
+            if k in exclude:
+                reason = "trained on"
+            elif not dictionary.label(k):
+                reason = "unlabelled"
             elif freq is not None and freq.get(k, 0.0) <= 0.0:
-                dropped["dead"] += 1
+                reason = "dead"
             elif k in relevant:
-                dropped["relevant"] += 1
-            elif concreteness is not None and concreteness.get(k, 0.0) < CONCRETENESS_MIN:
-                dropped["abstract"] += 1
-            else:
+                reason = "relevant"
+            elif concreteness is not None:
+                reason = concreteness(k)
+            if reason is None:
                 kept.append(k)
+            else:
+                dropped[reason] = dropped.get(reason, 0) + 1
         if len(kept) >= n:
             break
     if len(kept) < n:
         raise UsageError(
             f"only {len(kept)} latents pass the filters ({dropped}), {n} wanted: "
-            "lower n_latents, use relevance=topk, or use a dictionary with more labelled latents"
+            "lower n_latents, use relevance=topk, pass -T concreteness=none, or use a dictionary with more labelled latents"
         )
     return LatentSample(sorted(kept[:n]), notes, dropped)

@@ -1,37 +1,43 @@
 """Building engines: one per configuration per process, from a preset, hub id, folder or GGUF, on
 the backend `-M engine=` names (hf: Hugging Face transformers, in process; vllm: vLLM with
-vllm-lens, an optional extra imported only when asked for)."""
+vllm-lens, an optional extra imported only when asked for). Every backend is a `SteeringEngine`
+built by its class's `load`."""
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from typing import Any
 
 from esr_eval.config import check_engine
 from esr_eval.steering.engine import SteeringEngine
 
-VLLM_INSTALL = 'pip install "esr-eval[vllm]"'
-
 _engines: dict[tuple, SteeringEngine] = {}
 _engines_lock = threading.Lock()
 
 
 def engine_class(engine: str = "hf") -> type[SteeringEngine]:
-    """The backend's engine class; a one-line UsageError for an unknown name or a missing extra,
-    before anything loads."""
-    from esr_eval.errors import UsageError
-
+    """The backend's engine class; a one-line UsageError for an unknown name, before anything loads.
+    Importing a backend module imports no engine library (vLLM loads inside `VLLMEngine.load`)."""
     check_engine(engine)
-    if engine == "hf":
-        from esr_eval.steering.backends.hf import SteeredLM
+    if engine == "vllm":
+        from esr_eval.steering.backends.vllm import VLLMEngine
 
-        return SteeredLM
-    if importlib.util.find_spec("vllm") is None:
-        raise UsageError(f"engine=vllm needs vLLM, which is not installed: run `{VLLM_INSTALL}` (GPU) or see the README for the CPU build")
-    from esr_eval.steering.backends.vllm import VLLMEngine  # exposes load(source, dictionary, layer, labels, dtype, device, **vllm_args)
+        return VLLMEngine
+    from esr_eval.steering.backends.hf import SteeredLM
 
-    return VLLMEngine
+    return SteeredLM
+
+
+def preflight(engine: str, backend_args: dict[str, Any]) -> None:
+    """Every check of an engine configuration that needs no model (unknown name; for vllm: parallel
+    sizes against the devices, then missing packages, naming the pip command)."""
+    check_engine(engine)
+    if engine == "vllm":
+        from esr_eval.steering.backends.vllm import preflight as vllm_preflight
+
+        vllm_preflight(
+            backend_args.get("tensor_parallel_size", 1), backend_args.get("pipeline_parallel_size", 1), backend_args.get("base_url")
+        )
 
 
 def load_engine(
@@ -45,7 +51,8 @@ def load_engine(
     **backend_args: Any,
 ) -> SteeringEngine:
     """One engine per (backend, model, dictionary, layer, labels, dtype, device, backend args) per
-    process. `backend_args` go to the backend's `load` (hf: device_map, max_memory)."""
+    process. `backend_args` go to the backend's `load` (`ModelArgs.backend_args`: hf: device_map,
+    max_memory; vllm: parallel sizes, max_model_len, max_num_seqs, base_url)."""
     cls = engine_class(engine)
     key = (engine, model, dictionary, None if layer is None else int(layer), labels, dtype, device, repr(sorted(backend_args.items())))
     with _engines_lock:
@@ -57,7 +64,7 @@ def load_engine(
 def load_unsteered_engine(model: str, dtype: str | None = None, device: str = "cpu") -> SteeringEngine:
     """An engine with no dictionary, for unsteered answers (a preset's SAE is not loaded)."""
     from esr_eval.steering.backends.hf import SteeredLM
-    from esr_eval.steering.models import load_causal_lm, resolve_dtype
+    from esr_eval.steering.models import apply_adapter, load_causal_lm, resolve_dtype
     from esr_eval.steering.presets import get_preset
 
     preset = get_preset(model)
@@ -65,4 +72,6 @@ def load_unsteered_engine(model: str, dtype: str | None = None, device: str = "c
         return load_engine(model, dtype=dtype, device=device)
     device_map, dtype = preset.placement(None, dtype, device)
     lm, tokenizer = load_causal_lm(preset.model_source(), dtype=resolve_dtype(dtype, device_map or device), device=device, device_map=device_map)
+    if preset.adapter:
+        lm = apply_adapter(lm, preset.adapter)
     return SteeredLM(lm, tokenizer, None, name=model, chat_template=preset.chat_template)

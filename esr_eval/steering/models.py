@@ -29,8 +29,8 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, placement: str | dict | None = "cpu") -> torch.dtype:
-    """The dtype asked for, else the default: bfloat16 (config.DEFAULT_DTYPE), except float32 on
-    a device without bfloat16 arithmetic."""
+    """The dtype asked for, else the default: bfloat16 (config.DEFAULT_DTYPE), except float16 on
+    a GPU without bfloat16 arithmetic."""
     from esr_eval.config import DEFAULT_DTYPE
 
     if dtype is not None:
@@ -94,7 +94,7 @@ def _gguf_cache_folder(gguf_path: Path) -> Path:
     return cache_dir() / "models" / f"{gguf_path.stem}-{key}"
 
 
-def _load_gguf(gguf_path: Path, dtype: torch.dtype, placement: dict):
+def _load_gguf(gguf_path: Path, dtype: torch.dtype, placement: dict | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from esr_eval.files import atomic_directory
@@ -120,12 +120,28 @@ def _load_gguf(gguf_path: Path, dtype: torch.dtype, placement: dict):
     return _load_folder(str(folder), dtype, placement)
 
 
-def _load_folder(name_or_path: str, dtype: torch.dtype, placement: dict):
+def _load_folder(name_or_path: str, dtype: torch.dtype, placement: dict | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **placement)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **(placement or {}))
     return model, tokenizer
+
+
+def plain_folder(source: str | Path) -> str:
+    """`source` as loaders that take only a Hugging Face folder or hub id want it (vLLM): a GGUF
+    file becomes its dequantised folder in the model cache, written on first use."""
+    path = Path(os.path.expanduser(str(source)))
+    if path.suffix != ".gguf":
+        return str(path) if path.is_dir() else str(source)
+    if not path.exists():
+        raise FileNotFoundError(f"GGUF file {path} does not exist: check the path")
+    folder = _gguf_cache_folder(path)
+    if not (folder / "config.json").exists():
+        _load_gguf(path, torch.float32)
+    if not (folder / "config.json").exists():
+        raise OSError(f"cannot write the dequantised model to {folder}: set ESR_EVAL_CACHE to a writable folder")
+    return str(folder)
 
 
 def load_causal_lm(
@@ -161,3 +177,28 @@ def load_causal_lm(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def apply_adapter(model, adapter: str | Path):
+    """Merge a peft LoRA adapter folder into a loaded model (a preset that ships an adapter)."""
+    from peft import PeftModel
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"no LoRA adapter in {adapter}: reinstall esr-eval or rebuild it with its recipe")
+    return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
+
+
+def merged_folder(base_folder: str | Path, adapter: str | Path) -> str:
+    """A plain folder of the base model with a LoRA adapter merged in, written once to the model
+    cache (keyed by both), for loaders that take only a folder (vLLM)."""
+    from esr_eval.files import atomic_directory
+
+    key = hashlib.sha1(f"{model_fingerprint(base_folder)}:{model_fingerprint(adapter)}".encode()).hexdigest()[:12]
+    folder = cache_dir() / "models" / f"{Path(adapter).name}-merged-{key}"
+    if not (folder / "config.json").exists():
+        model, tokenizer = _load_folder(str(base_folder), torch.float32)
+        merged = apply_adapter(model, adapter)
+        with atomic_directory(folder) as tmp:
+            merged.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    return str(folder)

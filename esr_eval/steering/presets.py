@@ -42,6 +42,7 @@ class Preset:
     device_map: str | None = None  # "auto": accelerate spreads the layers over the GPUs (then CPU)
     dtype: str | None = None  # None: config.DEFAULT_DTYPE
     memory_gb: float | None = None  # accelerator memory the preset needs: weights + SAE + KV cache of a 16-row batch
+    adapter: str | None = None  # a shipped LoRA adapter folder merged into the model on load
 
     def model_source(self) -> str:
         return self.model() if callable(self.model) else self.model
@@ -52,6 +53,14 @@ class Preset:
         if device_map is None and device == "cpu":
             device_map = self.device_map
         return device_map, dtype or self.dtype
+
+    def model_key(self) -> str:
+        """The preset's identity for caches: its name, plus a hash of its adapter's weights."""
+        if not self.adapter:
+            return self.name
+        from esr_eval.steering.models import model_fingerprint
+
+        return f"{self.name}#{model_fingerprint(self.adapter).split('#')[-1]}"
 
 
 PAPER_PLACEMENT = {"device_map": "auto", "dtype": "bfloat16"}  # the paper's models: sharded over the accelerators, bf16
@@ -117,3 +126,20 @@ PRESETS: dict[str, Preset] = {
 
 def get_preset(name: str) -> Preset | None:
     return PRESETS.get(name)
+
+
+def resolve_model(
+    source: str, dictionary: str | None = None, layer: int | None = None
+) -> tuple[str, str | None, int | None, bool]:
+    """(model source, dictionary spec, layer, chat template?) for `source` (a preset name, hub id,
+    folder or .gguf) and `dictionary` (a preset name, folder or RELEASE/SAE_ID; a model preset
+    brings its own), as every backend resolves them."""
+    preset = get_preset(source)
+    dict_preset = get_preset(dictionary) if dictionary else None
+    dict_spec = dict_preset.dictionary if dict_preset else dictionary or (preset.dictionary if preset else None)
+    if dict_preset and layer is None:
+        layer = dict_preset.layer
+    elif preset and dictionary is None and layer is None:
+        layer = preset.layer
+    model_source = preset.model_source() if preset else source
+    return model_source, dict_spec, layer, preset.chat_template if preset else True

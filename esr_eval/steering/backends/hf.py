@@ -27,8 +27,8 @@ from esr_eval.steering.engine import (
 )
 from esr_eval.steering.hooks import BatchSteering, ResidualHooks, decoder_layers
 from esr_eval.steering.intervention import Intervention
-from esr_eval.steering.models import execution_device, load_causal_lm, resolve_dtype
-from esr_eval.steering.presets import get_preset
+from esr_eval.steering.models import apply_adapter, execution_device, load_causal_lm, resolve_dtype
+from esr_eval.steering.presets import get_preset, resolve_model
 
 
 class SteeredLM(SteeringEngine):
@@ -92,25 +92,14 @@ class SteeredLM(SteeringEngine):
         preset = get_preset(source)
         if preset is not None:
             device_map, dtype = preset.placement(device_map, dtype, device)
-        model_source = preset.model_source() if preset else source
-        dict_preset = get_preset(dictionary) if dictionary else None
-        dict_spec = dict_preset.dictionary if dict_preset else dictionary or (preset.dictionary if preset else None)
-        if dict_preset and layer is None:
-            layer = dict_preset.layer
-        elif preset and dictionary is None and layer is None:
-            layer = preset.layer
+        model_source, dict_spec, layer, chat_template = resolve_model(source, dictionary, layer)
         feature_dict = load_dictionary(dict_spec, layer=layer, labels=labels) if dict_spec else None
         model, tokenizer = load_causal_lm(
             model_source, dtype=resolve_dtype(dtype, device_map or device), device=device, device_map=device_map, max_memory=max_memory
         )
-        return cls(
-            model,
-            tokenizer,
-            feature_dict,
-            layer=layer,
-            name=source,
-            chat_template=preset.chat_template if preset else True,
-        )
+        if preset and preset.adapter:
+            model = apply_adapter(model, preset.adapter)
+        return cls(model, tokenizer, feature_dict, layer=layer, name=source, chat_template=chat_template)
 
     def add_dictionary(self, dictionary: FeatureDictionary) -> str:
         """Make a second dictionary (e.g. a direction set) steerable; it must sit at this layer."""

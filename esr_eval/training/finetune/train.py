@@ -12,7 +12,7 @@ import json
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,11 @@ import torch
 from esr_eval.config import LoraSettings
 from esr_eval.files import atomic_directory
 from esr_eval.schema import FINETUNE_METRICS_FILE
+from esr_eval.steering.dictionary import FeatureDictionary
+from esr_eval.steering.hooks import BatchSteering, ResidualHooks, decoder_layers
+from esr_eval.steering.intervention import Intervention
 from esr_eval.training.finetune.data import encode_row
+from esr_eval.training.finetune.steered import row_interventions
 
 ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -42,8 +46,26 @@ def split_rows(rows: Sequence[dict], val_fraction: float, seed: int) -> tuple[li
     return order[n_val:], order[:n_val]
 
 
-def collate(encoded: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded input_ids, attention_mask and labels (-100 on padding)."""
+@dataclass
+class TrainingSteering:
+    """Steering in the training forward pass: the hook on the model's layer and the dictionary the
+    rows' interventions index (each row is steered as it was generated, at every position)."""
+
+    hooks: ResidualHooks
+    dictionary: FeatureDictionary
+
+    @classmethod
+    def attach(cls, model: torch.nn.Module, dictionary: FeatureDictionary) -> "TrainingSteering":
+        dictionary.to(next(model.parameters()).device, torch.float32)
+        return cls(ResidualHooks(decoder_layers(model)[dictionary.layer]), dictionary)
+
+    def active(self, rows: Sequence[Sequence[Intervention]], dtype: torch.dtype):
+        return self.hooks.active(BatchSteering.build(rows, self.dictionary, dtype))
+
+
+def collate(encoded: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """Right-padded input_ids, attention_mask and labels (-100 on padding), and each row's
+    interventions (steered rows)."""
     width = max(len(e["input_ids"]) for e in encoded)
     ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
     labels = torch.full((len(encoded), width), -100, dtype=torch.long)
@@ -53,14 +75,20 @@ def collate(encoded: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, t
         ids[b, :n] = torch.tensor(e["input_ids"])
         labels[b, :n] = torch.tensor(e["labels"])
         mask[b, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "interventions": [e.get("interventions", []) for e in encoded]}
 
 
-def summed_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Sum of next-token cross-entropy over labelled positions, and their count."""
-    device = next(model.parameters()).device
-    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
-    targets = batch["labels"][:, 1:].to(device)
+def summed_loss(model, batch: dict[str, Any], steering: TrainingSteering | None = None) -> tuple[torch.Tensor, int]:
+    """Sum of next-token cross-entropy over labelled positions, and their count; steered rows run
+    with their steering on."""
+    param = next(model.parameters())
+    inputs = dict(input_ids=batch["input_ids"].to(param.device), attention_mask=batch["attention_mask"].to(param.device))
+    if steering is not None and any(batch["interventions"]):
+        with steering.active(batch["interventions"], param.dtype):
+            logits = model(**inputs).logits
+    else:
+        logits = model(**inputs).logits
+    targets = batch["labels"][:, 1:].to(param.device)
     loss = torch.nn.functional.cross_entropy(
         logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
     )
@@ -68,20 +96,41 @@ def summed_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, in
 
 
 @torch.no_grad()
-def mean_loss(model, encoded: Sequence[dict[str, list[int]]], pad_id: int, batch_size: int = 8) -> float:
+def mean_loss(model, encoded: Sequence[dict[str, Any]], pad_id: int, batch_size: int = 8, steering: TrainingSteering | None = None) -> float:
     """Mean per-token loss over the labelled tokens of `encoded` (eval mode, no dropout)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(encoded), batch_size):
-        loss, n = summed_loss(model, collate(encoded[start : start + batch_size], pad_id))
+        loss, n = summed_loss(model, collate(encoded[start : start + batch_size], pad_id), steering)
         total, count = total + float(loss), count + n
     model.train(was_training)
     return total / max(count, 1)
 
 
-def train_lora(model, tokenizer, rows: Sequence[dict], settings: LoraSettings, chat_template: bool = True, progress: bool = True):
-    """Wrap `model` with LoRA adapters and train them on `rows`; returns (peft model, metrics)."""
+def encode_rows(tokenizer, rows: Sequence[dict], max_length: int, chat_template: bool) -> list[dict[str, Any]]:
+    """Token ids and labels of each row that has a labelled token, with its interventions."""
+    out = []
+    for row in rows:
+        e = encode_row(tokenizer, row, max_length, chat_template)
+        if any(x != -100 for x in e["labels"]):
+            out.append({**e, "interventions": row_interventions(row)})
+    return out
+
+
+def train_lora(
+    model,
+    tokenizer,
+    rows: Sequence[dict],
+    settings: LoraSettings,
+    chat_template: bool = True,
+    progress: bool = True,
+    dictionary: FeatureDictionary | None = None,
+):
+    """Wrap `model` with LoRA adapters and train them on `rows`; returns (peft model, metrics).
+    Rows that carry steering (`esr-eval make-finetune-data --steered`) need the `dictionary` it
+    indexes; they are trained with it on, and the adapters sit only on the layers after the
+    steering layer, so the residual the dictionary reads (and steers) stays the base model's."""
     from peft import LoraConfig, get_peft_model
     from tqdm import tqdm
     from transformers import get_linear_schedule_with_warmup
@@ -89,14 +138,22 @@ def train_lora(model, tokenizer, rows: Sequence[dict], settings: LoraSettings, c
     settings.check()
     torch.manual_seed(settings.seed)
     train_rows, val_rows = split_rows(rows, settings.val_fraction, settings.seed)
-    encode = lambda rs: [e for e in (encode_row(tokenizer, r, settings.max_length, chat_template) for r in rs) if any(x != -100 for x in e["labels"])]
-    train_set, val_set = encode(train_rows), encode(val_rows)
+    train_set = encode_rows(tokenizer, train_rows, settings.max_length, chat_template)
+    val_set = encode_rows(tokenizer, val_rows, settings.max_length, chat_template)
     if not train_set:
         raise ValueError("no training row has a labelled token: raise --max-length or check the data file")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
+    steered = any(e["interventions"] for e in train_set)
+    if steered and dictionary is None:
+        raise ValueError("the rows carry steering: pass the dictionary they were generated with")
+    steering = TrainingSteering.attach(model, dictionary) if steered else None
     targets = list(settings.target_modules or attention_modules(model))
-    lora = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=targets, task_type="CAUSAL_LM")
+    layers = list(range(dictionary.layer + 1, len(decoder_layers(model)))) if steered else None
+    lora = LoraConfig(
+        r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=targets,
+        layers_to_transform=layers, task_type="CAUSAL_LM",
+    )  # fmt: skip
     model = get_peft_model(model, lora)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
@@ -122,7 +179,7 @@ def train_lora(model, tokenizer, rows: Sequence[dict], settings: LoraSettings, c
             n_tokens = sum(sum(x != -100 for x in e["labels"][1:]) for e in chunk)
             step_loss = 0.0
             for m in range(0, len(chunk), settings.micro_batch_size):
-                loss, _ = summed_loss(model, collate(chunk[m : m + settings.micro_batch_size], pad_id))
+                loss, _ = summed_loss(model, collate(chunk[m : m + settings.micro_batch_size], pad_id), steering)
                 (loss / max(n_tokens, 1)).backward()
                 step_loss += float(loss.detach()) / max(n_tokens, 1)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -135,12 +192,16 @@ def train_lora(model, tokenizer, rows: Sequence[dict], settings: LoraSettings, c
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{step_loss:.3f}")
         record = {"epoch": epoch + 1, "steps": len(epoch_losses), "train_loss": sum(epoch_losses) / len(epoch_losses)}
-        record["val_loss"] = mean_loss(model, val_set, pad_id, settings.micro_batch_size) if val_set else None
+        record["val_loss"] = mean_loss(model, val_set, pad_id, settings.micro_batch_size, steering) if val_set else None
         epochs.append(record)
     bar.close()
+    if steering is not None:
+        steering.hooks.remove()
     n_corr = sum(r.get("kind") == "correction" for r in rows)
     metrics = {
-        "settings": {**asdict(settings), "target_modules": targets},
+        "settings": {**asdict(settings), "target_modules": targets, "layers_to_transform": layers},
+        "recipe": "steered self-correction" if steered else "self-correction",
+        "training_latents": sorted({iv.latent for e in train_set + val_set for iv in e["interventions"]}),
         "rows": len(rows),
         "correction_rows": n_corr,
         "mixing_ratio": n_corr / len(rows),
@@ -166,9 +227,20 @@ def merge_and_save(peft_model, tokenizer, out: str | Path, metrics: dict[str, An
 
 def load_base(model: str, dtype: str = "float32", device: str = "cpu"):
     """(model, tokenizer, uses_chat_template) for a preset, hub id or folder."""
-    from esr_eval.steering.models import load_causal_lm
+    from esr_eval.steering.models import apply_adapter, load_causal_lm
     from esr_eval.steering.presets import get_preset
 
     preset = get_preset(model)
     lm, tokenizer = load_causal_lm(preset.model_source() if preset else model, dtype=dtype, device=device)
+    if preset and preset.adapter:
+        lm = apply_adapter(lm, preset.adapter)
     return lm, tokenizer, preset.chat_template if preset else True
+
+
+def save_adapter(peft_model, out: str | Path, metrics: dict[str, Any]) -> Path:
+    """Write only the LoRA adapter (a few MB) and the metrics, for a preset to ship; the base
+    model comes from its own package."""
+    with atomic_directory(out) as tmp:
+        peft_model.save_pretrained(tmp)
+        (tmp / FINETUNE_METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    return Path(out)

@@ -1,8 +1,10 @@
 """Latent labels from top-activating tokens and their contexts over a corpus.
 
-Offline labels join each latent's most strongly firing tokens with the words that mark its
-contexts (e.g. "coffee, espresso, brew; context: beans, cup"). With an Inspect model name an
-LLM writes the label from the same tokens and snippets instead. Dead latents get no label.
+Offline, a latent whose top contexts share a topic is named by the nearest entry of a concept
+vocabulary (`concepts.py`); other latents keep a token label that joins their most strongly
+firing tokens with the words that mark their contexts (e.g. "':', ','; context: def, return").
+With an Inspect model name an LLM writes the label from the same tokens and snippets instead.
+Dead latents get no label.
 """
 
 from __future__ import annotations
@@ -183,9 +185,33 @@ def build_labels(tokenizer, docs: list[dict], doc_index: torch.Tensor, positions
     return llm_labels(labeler, evidence)
 
 
-def latent_stats(examples: LatentExamples) -> dict[str, dict[str, float]]:
-    """{"index": {"frequency", "max_activation"}} for every latent (dead ones at 0)."""
+def head(examples: LatentExamples, n: int) -> LatentExamples:
+    """The `n` strongest examples of every latent."""
+    return LatentExamples(examples.frequency, examples.max_activation, examples.top_values[:, :n], examples.top_rows[:, :n])
+
+
+def label_latents(tokenizer, docs: list[dict], doc_index: torch.Tensor, positions: torch.Tensor,
+                  examples: LatentExamples, labeler: str | object | None = None,
+                  n_token_examples: int = 20) -> tuple[dict[int, str], dict]:
+    """(labels, concept stats) of every live latent. Offline, a latent whose contexts share a
+    topic and that fires on words is named by its nearest vocabulary topic; any other keeps its
+    firing tokens as label (see `concepts.concept_label`). With `labeler` an LLM writes the labels;
+    the concept stats, which the concreteness filter reads, are computed offline either way."""
+    from esr_eval.training.sae.concepts import concept_label, concept_stats
+
+    concepts = concept_stats(tokenizer, docs, doc_index, positions, examples)
+    strongest = head(examples, n_token_examples)
+    if labeler is not None:
+        return build_labels(tokenizer, docs, doc_index, positions, strongest, labeler), concepts
+    tokens = token_labels(tokenizer, docs, doc_index, positions, strongest)
+    return {k: concept_label(concepts[k], text) for k, text in tokens.items()}, concepts
+
+
+def latent_stats(examples: LatentExamples, concepts: dict | None = None) -> dict[str, dict[str, float]]:
+    """{"index": {"frequency", "max_activation"}} for every latent (dead ones at 0), plus the
+    concept fields (coherence, token_share, topic, topic_similarity, n_contexts) of live ones."""
+    concepts = concepts or {}
     return {
-        str(k): {"frequency": float(f), "max_activation": float(m)}
+        str(k): {"frequency": float(f), "max_activation": float(m), **(concepts[k].to_dict() if k in concepts else {})}
         for k, (f, m) in enumerate(zip(examples.frequency.tolist(), examples.max_activation.tolist()))
     }

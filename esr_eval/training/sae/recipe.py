@@ -96,19 +96,51 @@ def _activations(args: argparse.Namespace, model, train_docs: list[dict], held_d
     return train.select(torch.arange(min(len(train), args.tokens))), held, median
 
 
+LABELS_OFFLINE = ("offline: the nearest concept-vocabulary topic to the top contexts (all-MiniLM-L6-v2) for latents "
+                  "whose contexts share a topic and that fire on words; top firing tokens; context: distinctive words otherwise")
+
+
 def _label(dictionary, tokenizer, train_docs, held_docs, train, held, n_examples: int, labeler: str | None):
-    """Top examples of every latent over train + held-out text, and labels from them."""
+    """Top examples of every latent over train + held-out text; labels and concept stats from them."""
     import torch
 
     from esr_eval.training.sae.activations import Activations
-    from esr_eval.training.sae.labeling import build_labels, top_examples
+    from esr_eval.training.sae.concepts import N_EXAMPLES, baseline_coherence
+    from esr_eval.training.sae.labeling import label_latents, top_examples
 
     everything = Activations(*(torch.cat([a, b]) for a, b in zip(
         (train.acts, train.tokens, train.doc, train.pos),
         (held.acts, held.tokens, held.doc + len(train_docs), held.pos))))
-    examples = top_examples(dictionary.encode, everything.acts, dictionary.d_sae, n_examples=n_examples)
-    labels = build_labels(tokenizer, train_docs + held_docs, everything.doc, everything.pos, examples, labeler)
-    return examples, labels
+    docs = train_docs + held_docs
+    examples = top_examples(dictionary.encode, everything.acts, dictionary.d_sae, n_examples=max(n_examples, N_EXAMPLES))
+    labels, concepts = label_latents(tokenizer, docs, everything.doc, everything.pos, examples, labeler, n_examples)
+    summary = _concept_summary(concepts, baseline_coherence(tokenizer, docs, everything.doc, everything.pos))
+    return examples, labels, concepts, summary
+
+
+def _concept_summary(concepts: dict, baseline: dict[str, float]) -> dict:
+    """What training.json records about the concept stats: the filter's shares and the
+    coherence distribution beside that of random contexts."""
+    import numpy as np
+
+    from esr_eval.config import CONCEPT_FILTER
+    from esr_eval.training.sae.concepts import VOCABULARY_FILE, is_token_level, is_topical, load_vocabulary
+
+    stats = list(concepts.values())
+    n = max(1, len(stats))
+    values = np.array([c.coherence for c in stats]) if stats else np.zeros(1)
+    token_level = [is_token_level(c) for c in stats]
+    topical = [is_topical(c) for c in stats]
+    return {
+        "vocabulary": f"esr_eval/assets/concepts/{VOCABULARY_FILE.name} ({len(load_vocabulary())} topics)",
+        "filter": CONCEPT_FILTER.__dict__,
+        "live_latents": len(stats),
+        "token_level_share": sum(token_level) / n,
+        "no_topic_share": sum(not t and not k for t, k in zip(topical, token_level)) / n,
+        "kept_share": sum(t and not k for t, k in zip(topical, token_level)) / n,
+        "coherence_quantiles": {str(q): float(np.quantile(values, q)) for q in (0.1, 0.25, 0.5, 0.75, 0.9)},
+        "random_context_coherence": baseline,
+    }
 
 
 def train_sae(args: argparse.Namespace) -> dict:
@@ -160,7 +192,8 @@ def train_sae(args: argparse.Namespace) -> dict:
         if args.ce_docs:
             metrics["heldout"].update(ce_loss_recovered(model, held_docs[: args.ce_docs], args.layer, shipped.encode,
                                                         shipped.decode, args.max_norm_ratio * median))
-        examples, labels = _label(shipped, tokenizer, train_docs, held_docs, train, held, args.n_examples, args.labeler)
+        examples, labels, concepts, concept_summary = _label(shipped, tokenizer, train_docs, held_docs, train, held,
+                                                             args.n_examples, args.labeler)
         metrics["dead_fraction"] = float((examples.frequency == 0).float().mean())  # never fires on the corpus
         skip = next((d["skip"] for d in train_docs if d["source"] == "answer"), train_docs[0]["skip"])
         record = {
@@ -181,8 +214,9 @@ def train_sae(args: argparse.Namespace) -> dict:
             },
             "train_config": cfg.__dict__,
             "quality": metrics,
-            "labels": f"LLM ({args.labeler})" if args.labeler else "offline: top firing tokens; context: distinctive words",
+            "labels": f"LLM ({args.labeler})" if args.labeler else LABELS_OFFLINE,
             "n_labels": len(labels),
+            "concepts": concept_summary,
             "seconds": {"corpus": round(t_corpus - started), "training_with_collection": round(t_train - t_corpus),
                         "total": round(time.time() - started)},
         }
@@ -194,7 +228,7 @@ def train_sae(args: argparse.Namespace) -> dict:
         cfg_path.write_text(json.dumps(sae_cfg, indent=2))
         (tmp / "training.json").write_text(json.dumps(record, indent=2))
         (tmp / "labels.json").write_text(json.dumps({str(k): v for k, v in sorted(labels.items())}, indent=1))
-        (tmp / "latent_stats.json").write_text(json.dumps(latent_stats(examples)))
+        (tmp / "latent_stats.json").write_text(json.dumps(latent_stats(examples, concepts)))
         os.chmod(tmp, 0o755)  # a temporary folder starts private; the SAE ships readable
         for f in tmp.iterdir():
             os.chmod(f, 0o644)
@@ -207,8 +241,25 @@ def train_sae(args: argparse.Namespace) -> dict:
     return record
 
 
+def _merge_partial(folder: Path, labels: dict[int, str], stats: dict[str, dict]) -> tuple[dict[int, str], dict]:
+    """Labels from part of the corpus over the earlier ones: frequency and max activation stay
+    the whole corpus's, a latent that did not fire in the part keeps its earlier label."""
+    from esr_eval.steering.dictionary import read_labels
+
+    old_labels = read_labels(folder / "labels.json") if (folder / "labels.json").exists() else {}
+    old_stats = json.loads((folder / "latent_stats.json").read_text()) if (folder / "latent_stats.json").exists() else {}
+    merged = {}
+    for key, entry in stats.items():
+        before = old_stats.get(key, {})
+        fresh = {k: v for k, v in entry.items() if k not in ("frequency", "max_activation")} if entry["frequency"] > 0 else {}
+        merged[key] = {"frequency": before.get("frequency", entry["frequency"]),
+                       "max_activation": before.get("max_activation", entry["max_activation"]), **fresh}
+    return {**old_labels, **labels}, merged
+
+
 def label_sae(args: argparse.Namespace) -> dict[int, str]:
-    """Relabel a folder written by train-sae (its corpus and activations come from the cache)."""
+    """Relabel a folder written by train-sae (its corpus and activations come from the cache;
+    `--tokens` labels from the first tokens of that corpus only, `--dtype` collects in another dtype)."""
     from esr_eval.files import atomic_write_text
     from esr_eval.steering.dictionary import load_dictionary
     from esr_eval.training.sae.labeling import latent_stats
@@ -218,15 +269,38 @@ def label_sae(args: argparse.Namespace) -> dict[int, str]:
         raise FileNotFoundError(f"{folder / 'training.json'} is missing: point --sae at a folder written by train-sae")
     record = json.loads((folder / "training.json").read_text())
     targs = argparse.Namespace(**record["arguments"])
+    if getattr(args, "tokens", None):
+        if args.tokens < 100:
+            raise ValueError(f"--tokens {args.tokens} is too few to label from: ask for at least 100")
+        targs.tokens = min(args.tokens, targs.tokens)
+    targs.dtype = getattr(args, "dtype", None) or targs.dtype
     dictionary = load_dictionary(str(folder))
     model, tokenizer, preset = _load_model(targs)
     train_docs, held_docs = _corpus(targs, model, tokenizer, preset)
     train, held, _ = _activations(targs, model, train_docs, held_docs, record["corpus"]["median_norm"])
-    examples, labels = _label(dictionary, tokenizer, train_docs, held_docs, train, held, args.n_examples, args.labeler)
+    examples, labels, concepts, summary = _label(dictionary, tokenizer, train_docs, held_docs, train, held,
+                                                 args.n_examples, args.labeler)
+    stats = latent_stats(examples, concepts)
+    partial = targs.tokens < record["arguments"]["tokens"]
+    if partial:
+        labels, stats = _merge_partial(folder, labels, stats)
     atomic_write_text(folder / "labels.json", json.dumps({str(k): v for k, v in sorted(labels.items())}, indent=1))
-    atomic_write_text(folder / "latent_stats.json", json.dumps(latent_stats(examples)))
-    record["labels"] = f"LLM ({args.labeler})" if args.labeler else "offline: top firing tokens; context: distinctive words"
+    atomic_write_text(folder / "latent_stats.json", json.dumps(stats))
+    record["labels"] = f"LLM ({args.labeler})" if args.labeler else LABELS_OFFLINE
     record["n_labels"] = len(labels)
+    record["concepts"] = summary
+    record["labelling"] = {
+        "command": " ".join(["esr-eval", "label-sae", "--sae", str(args.sae), "--n-examples", str(args.n_examples)]
+                            + (["--tokens", str(args.tokens)] if getattr(args, "tokens", None) else [])
+                            + (["--dtype", args.dtype] if getattr(args, "dtype", None) else [])
+                            + (["--labeler", str(args.labeler)] if args.labeler else [])),
+        "tokens_labelled": len(train) + len(held),
+        "dtype": targs.dtype,
+        **({"partial": "labels and concept stats from the first tokens of the corpus; firing frequency and max "
+                       "activation stay those of the whole training corpus; latents that do not fire in that part "
+                       "keep their earlier label and have no concept stats"} if partial else {}),
+    }
     atomic_write_text(folder / "training.json", json.dumps(record, indent=2))
-    print(f"{folder}: {len(labels)} labels ({record['labels']})")
+    print(f"{folder}: {len(labels)} labels ({record['labels']}); token-level {summary['token_level_share']:.1%}, "
+          f"no topic {summary['no_topic_share']:.1%}, kept {summary['kept_share']:.1%} of {summary['live_latents']} live latents")
     return labels
