@@ -257,6 +257,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("INSPECT_DISPLAY", "none")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB, for vLLM's CPU build
     (gpu_main if args.gpu else cpu_main)(args)
 
 
