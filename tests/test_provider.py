@@ -40,11 +40,11 @@ def test_concurrent_samples_batch_and_keep_their_own_steering(tiny_model_dir, ti
         Sample(input=PROMPTS[i % 4], id=i, metadata={"latent": k, "value": v, "mode": m, "seed": i})
         for i, (k, v, m) in enumerate(specs)
     ]
-    lm = load_engine(str(tiny_model_dir), str(tiny_sae_dir), labels=str(labels))
+    lm = load_engine(str(tiny_model_dir), str(tiny_sae_dir), labels=str(labels), dtype="float32")
     log = inspect_eval(
         Task(dataset=samples, solver=steer_from_metadata(lm.dictionary_id)),
         model=f"steered/{tiny_model_dir}",
-        model_args={"dictionary": str(tiny_sae_dir), "labels": str(labels)},
+        model_args={"dictionary": str(tiny_sae_dir), "labels": str(labels), "dtype": "float32"},
         max_connections=8,
         log_dir=str(tmp_path / "logs"),
         display="none",
@@ -107,13 +107,13 @@ def test_mixed_settings_in_one_batch_equal_each_request_alone(tiny_model_dir, ti
     log = inspect_eval(
         Task(dataset=samples, solver=mixed()),
         model=f"steered/{tiny_model_dir}",
-        model_args={"dictionary": str(tiny_sae_dir)},
+        model_args={"dictionary": str(tiny_sae_dir), "dtype": "float32"},  # bf16 logits depend on the batch a row shares
         max_connections=len(settings),
         log_dir=str(tmp_path / "logs"),
         display="none",
     )[0]
     assert log.status == "success", log.error
-    lm = load_engine(str(tiny_model_dir), str(tiny_sae_dir))
+    lm = load_engine(str(tiny_model_dir), str(tiny_sae_dir), dtype="float32")
     for sample in log.samples:
         budget, temperature, top_p = settings[sample.id]
         steering = [Intervention(3, 4.0)] if sample.id % 2 else []
