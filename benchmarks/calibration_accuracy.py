@@ -86,7 +86,7 @@ def main() -> None:
     for name, spec in methods.items():
         o = out[name]
         results = o["results"]
-        own = np.array([abs(r.score - target) for r in results.values()])
+        own = np.array([abs(r.score - target) for r in results.values() if r.score is not None])  # None: no trial judged
         held = np.array([abs(float(np.mean(o["held_out"][k])) - target) for k in latents])
         answers = [r.trials for r in results.values()]
         seq = "up to 10 sequential" if name == "bisection" else f"{rounds} rounds of up to {max(1, -(-trials // rounds))} parallel"

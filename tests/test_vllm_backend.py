@@ -209,13 +209,13 @@ REQUESTS = [
 def hf_engine():
     from esr_eval.steering.backends.hf import SteeredLM
 
-    return SteeredLM.load("smollm2-135m")
+    return SteeredLM.load("smollm2-135m", dtype="float32")  # the tolerances below are fp32's
 
 
 @pytest.fixture(scope="module")
 def vllm_engine():
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    return vllm_backend.VLLMEngine.load("smollm2-135m", max_model_len=2048, max_num_seqs=8)
+    return vllm_backend.VLLMEngine.load("smollm2-135m", dtype="float32", max_model_len=2048, max_num_seqs=8)
 
 
 @pytest.fixture(scope="module")
@@ -310,7 +310,7 @@ def vllm_server():
 
 @on_vllm
 def test_a_vllm_serve_endpoint_steers_each_request_like_the_hf_backend(vllm_server, hf_engine, hf_answers):
-    remote = vllm_backend.VLLMEngine.load("smollm2-135m", base_url=vllm_server)
+    remote = vllm_backend.VLLMEngine.load("smollm2-135m", dtype="float32", base_url=vllm_server)
     assert isinstance(remote.transport, vllm_backend.Server) and remote.transport.model == "smollm2"
     for got, want in zip(remote.generate(REQUESTS), hf_answers):
         assert got.token_ids == want.token_ids and got.text == want.text
