@@ -59,9 +59,9 @@ def test_continuous_batch_of_8_equals_each_row_alone(tiny_lm, monkeypatch):
 def test_continuous_batching_with_sliding_window_layers():
     """A Gemma 3 layout (sliding-window layers of 6 tokens between full ones): rows that join a
     batch whose windows have already rolled still make their tokens alone."""
+    from conftest import TINY_HIDDEN, _tiny_tokenizer
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    from conftest import TINY_HIDDEN, _tiny_tokenizer
     from esr_eval.steering.dictionary import DirectionSet
 
     tokenizer = _tiny_tokenizer()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_HIDDEN, write_random_sae
 
 from esr_eval.errors import UsageError
 from esr_eval.steering.backends import vllm as vllm_backend
@@ -22,8 +23,6 @@ from esr_eval.steering.dictionary import DirectionSet, SAEDictionary, load_dicti
 from esr_eval.steering.engine import GenerationRequest
 from esr_eval.steering.hooks import BatchSteering
 from esr_eval.steering.intervention import Intervention
-
-from conftest import TINY_HIDDEN, write_random_sae
 
 PROMPT = [{"role": "user", "content": "Explain how a bicycle works."}]
 OTHER = [{"role": "user", "content": "How do you bake bread?"}]

@@ -23,7 +23,6 @@ from esr_eval.sampling.seeds import derive_seed
 from esr_eval.steering.intervention import Intervention, steering_to_extra_body
 from esr_eval.steering.scale import median_residual_norm, steering_scale
 
-
 METHODS = ("rounds", "bisection")
 
 

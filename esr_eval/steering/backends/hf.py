@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
-from esr_eval.steering.dictionary import FeatureDictionary, load_dictionary
 from esr_eval.steering.backends.hf_batch import DecodeBatch, Row, cache_can_merge
+from esr_eval.steering.dictionary import FeatureDictionary, load_dictionary
 from esr_eval.steering.engine import (
     GenerationRequest,
     GenerationResult,
@@ -27,7 +27,12 @@ from esr_eval.steering.engine import (
 )
 from esr_eval.steering.hooks import BatchSteering, ResidualHooks, decoder_layers
 from esr_eval.steering.intervention import Intervention
-from esr_eval.steering.models import apply_adapter, execution_device, load_causal_lm, resolve_dtype
+from esr_eval.steering.models import (
+    apply_adapter,
+    execution_device,
+    load_causal_lm,
+    resolve_dtype,
+)
 from esr_eval.steering.presets import get_preset, resolve_model
 
 

@@ -29,7 +29,11 @@ from typing import Any
 import torch
 
 from esr_eval.errors import UsageError
-from esr_eval.steering.dictionary import DirectionSet, FeatureDictionary, load_dictionary
+from esr_eval.steering.dictionary import (
+    DirectionSet,
+    FeatureDictionary,
+    load_dictionary,
+)
 from esr_eval.steering.engine import (
     GenerationRequest,
     GenerationResult,
