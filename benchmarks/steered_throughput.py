@@ -5,7 +5,8 @@
 On the embedded model (CPU) it prints:
   1. the default eval (`inspect eval esr_eval/steering_resistance`, no flags, a fresh threshold
      cache, run as a child process): its wall time (goal < 4 min), its generated tokens per second
-     against Hugging Face `generate`'s bf16 batch-64 tokens per second (goal >= 0.5), and its
+     against Hugging Face `generate`'s bf16 batch-64 tokens per second (goal >= 0.5; also against
+     `generate` in the default dtype where that is not bf16, i.e. on CPUs without bf16), and its
      peak resident memory (goal < 2.5 GB);
   2. for each backend (hf; vllm when vLLM and its backend import): steered / unsteered tokens/s
      on the same batch (goal >= 0.9), and the vLLM backend against the HF backend;
@@ -67,7 +68,8 @@ def hf_generate_rate(model, tokenizer, rows: list[list[int]], new_tokens: int, r
         new = out[:, width:]
         return int(((new != pad).cumsum(-1) > 0).sum())
 
-    run()  # warm-up
+    with torch.inference_mode():  # warm-up, a few tokens
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=pad)
     return rate(run, repeats)
 
 
@@ -159,26 +161,33 @@ def cpu_main(args: argparse.Namespace) -> None:
     if not args.skip_eval:
         run = default_eval(Path(tempfile.mkdtemp(prefix="esr-bench-eval-")))
         print(f"  default eval: {run['samples']} samples, {run['tokens']} tokens generated in {run['wall']:.0f} s")
-    lm = load_engine(args.model, dtype="bfloat16")
+    lm = load_engine(args.model)  # the default dtype, as the eval's
     rows = [lm.prompt_ids([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]) for i in range(64)]
-    hf64 = hf_generate_rate(lm.model, lm.tokenizer, rows, args.tokens)
-    print(f"  HF generate bf16, batch 64, {args.tokens} new tokens: {hf64:.1f} tok/s")
+    bf16 = lm if lm.dtype == "bfloat16" else load_engine(args.model, dtype="bfloat16")
+    hf64_bf16 = hf_generate_rate(bf16.model, bf16.tokenizer, rows, args.tokens, repeats=1 if bf16 is not lm else 2)
+    print(f"  HF generate bf16, batch 64, {args.tokens} new tokens: {hf64_bf16:.1f} tok/s")
+    hf64 = hf64_bf16 if bf16 is lm else hf_generate_rate(lm.model, lm.tokenizer, rows, args.tokens)
+    if bf16 is not lm:
+        print(f"  HF generate {lm.dtype} (the default dtype on this machine), batch 64, {args.tokens} new tokens: {hf64:.1f} tok/s")
+        del bf16
     if not args.skip_eval:
         eval_rate = run["tokens"] / run["wall"]
-        print(f"default eval tokens/s / HF generate bf16 batch-64 tokens/s: {eval_rate / hf64:.2f}  (goal >= 0.5; eval {eval_rate:.1f} tok/s)")
+        print(f"default eval tokens/s / HF generate bf16 batch-64 tokens/s: {eval_rate / hf64_bf16:.2f}  (goal >= 0.5; eval {eval_rate:.1f} tok/s, {lm.dtype})")
+        if hf64 != hf64_bf16:
+            print(f"default eval tokens/s / HF generate {lm.dtype} batch-64 tokens/s: {eval_rate / hf64:.2f}")
         print(f"default eval wall time: {run['wall'] / 60:.1f} min  (goal < 4)")
         print(f"default eval peak RSS: {run['peak_gib']:.2f} GB  (goal < 2.5)")
 
     engine64, _ = engine_rates(lm, 64, args.tokens, 40.0, steered=False)
-    print(f"HF engine / HF generate, batch 64 bf16 unsteered tokens/s: {engine64 / hf64:.2f}")
+    print(f"HF engine / HF generate, batch 64 {lm.dtype} unsteered tokens/s: {engine64 / hf64:.2f}")
 
     backends = ["hf"] + (["vllm"] if vllm_available() else [])
     plain_rates = {}
     for name in backends:
-        engine = lm if name == "hf" else load_engine(args.model, dtype="bfloat16", engine=name)
+        engine = lm if name == "hf" else load_engine(args.model, dtype=lm.dtype, engine=name)
         plain, steered = engine_rates(engine, args.batch, args.tokens, 40.0)
         plain_rates[name] = plain
-        print(f"  {name} engine batch {args.batch}: unsteered {plain:.1f} tok/s, steered {steered:.1f} tok/s")
+        print(f"  {name} engine {engine.dtype} batch {args.batch}: unsteered {plain:.1f} tok/s, steered {steered:.1f} tok/s")
         print(f"{name} steered / unsteered batch tokens/s: {steered / plain:.2f}  (goal >= 0.9)")
     if "vllm" in plain_rates:
         print(f"vllm / hf backend tokens/s, same requests: {plain_rates['vllm'] / plain_rates['hf']:.2f}")

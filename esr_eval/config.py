@@ -29,7 +29,7 @@ class Generation:
 
 GENERATION = Generation()
 PROVIDER_MAX_TOKENS = 512  # a request to the provider that names no budget (the paper's cap)
-DEFAULT_DTYPE = "bfloat16"  # measured: see benchmarks/steered_throughput.py and docs/notes/engine.md
+DEFAULT_DTYPE = "bfloat16"  # where the hardware has it; float32 on CPUs without bf16 instructions (steering.models.resolve_dtype)
 # Cap on a grader's reply unless its role sets max_tokens (`--model-role 'grader={model: ...,
 # max_tokens: N}'`): the attempts JSON of a 384-token answer fits in well under 1024 tokens.
 GRADER_MAX_TOKENS = 1024
@@ -116,7 +116,7 @@ class ModelArgs:
     dictionary: str | None = None  # SAE / direction-set folder, sae-lens RELEASE/SAE_ID or preset
     layer: int | None = None
     labels: str | None = None
-    dtype: str | None = None  # None: the preset's, else DEFAULT_DTYPE
+    dtype: str | None = None  # None: the preset's, else DEFAULT_DTYPE where the hardware computes in it (resolve_dtype)
     device: str = "cpu"
     max_batch_size: int = 64  # rows decoding at once: the default eval keeps about 40 in flight
     repetition_penalty: float | None = None  # None: the preset's, else GENERATION's

@@ -289,3 +289,16 @@ def test_model_args_read_device_map_and_max_memory():
     assert vllm.backend_args("http://host:8000") == {
         "tensor_parallel_size": 2, "pipeline_parallel_size": 1, "max_model_len": None, "max_num_seqs": 8, "base_url": "http://host:8000"
     }
+
+
+def test_default_dtype_follows_the_hardware(monkeypatch):
+    """bf16 where the hardware computes in it; float32 on a CPU that only emulates bf16."""
+    from esr_eval.steering import models
+
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: False)
+    assert models.resolve_dtype(None, "cpu") == torch.float32
+    assert models.resolve_dtype("bfloat16", "cpu") == torch.bfloat16  # asked for: kept
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: True)
+    assert models.resolve_dtype(None, "cpu") == torch.bfloat16
+    if torch.cuda.is_available():
+        assert models.resolve_dtype(None, "cuda:0") == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)

@@ -13,7 +13,7 @@ def add_model_args(parser: argparse.ArgumentParser, dtype: str = ModelArgs.dtype
     parser.add_argument("--dictionary", help="SAE / direction-set folder, sae-lens RELEASE/SAE_ID or preset")
     parser.add_argument("--layer", type=int, help="override the dictionary's hook layer")
     parser.add_argument("--labels", help="labels file (JSON or CSV, index -> text)")
-    parser.add_argument("--dtype", default=dtype, choices=DTYPES, help="default: the preset's, else bfloat16")
+    parser.add_argument("--dtype", default=dtype, choices=DTYPES, help="default: the preset's, else bfloat16 where the hardware has it, float32 on other CPUs")
     parser.add_argument("--device", default=ModelArgs.device)
     parser.add_argument("--engine", default=ModelArgs.engine, choices=ENGINES)
     parser.add_argument("--device-map", help='"auto": shard the model over the devices (accelerate)')

@@ -132,7 +132,7 @@ class SteeringEngine(ABC):
     ) -> "SteeringEngine":
         """Build the engine from a preset name, hub id, folder or GGUF file and a dictionary spec
         (`esr_eval.steering.load.load_engine` calls it once per configuration). `dtype` None: the
-        preset's (`Preset.placement`), else config.DEFAULT_DTYPE. `backend_args` are the backend's
+        preset's (`Preset.placement`), else `steering.models.resolve_dtype`'s. `backend_args` are the backend's
         own -M args (`ModelArgs.backend_args()`)."""
         raise NotImplementedError(f"{cls.__name__} does not implement load")
 

@@ -40,7 +40,7 @@ class Preset:
     repetition_penalty: float = 1.1
     notes: str = ""
     device_map: str | None = None  # "auto": accelerate spreads the layers over the GPUs (then CPU)
-    dtype: str | None = None  # None: config.DEFAULT_DTYPE
+    dtype: str | None = None  # None: steering.models.resolve_dtype (bf16 where the hardware has it)
     memory_gb: float | None = None  # accelerator memory the preset needs: weights + SAE + KV cache of a 16-row batch
     adapter: str | None = None  # a shipped LoRA adapter folder merged into the model on load
 

@@ -328,7 +328,7 @@ class VLLMEngine(SteeringEngine):
         """`source`/`dictionary` as for the HF backend. In process unless `base_url` names a
         `vllm serve` deployment of the same weights (then `source` only supplies the tokenizer
         and config). `device` is vLLM's to choose (its build picks CPU or CUDA) and is ignored.
-        `dtype` None: the preset's, else config.DEFAULT_DTYPE (float16 on a GPU without bfloat16)."""
+        `dtype` None: the preset's, else `resolve_dtype`'s (bf16 where the hardware has it)."""
         preflight(tensor_parallel_size, pipeline_parallel_size, base_url)
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
