@@ -1,21 +1,35 @@
-"""Throughput of steered generation on the embedded model, as ratios measured in one run.
+"""Throughput of steered generation, as ratios of two ways measured in one run.
 
-  python benchmarks/steered_throughput.py [--model smollm2-135m] [--dtype float32] [--tokens 64]
+  python benchmarks/steered_throughput.py [--model smollm2-135m] [--skip-eval] [--gpu]
 
-Prints:
-  1. steered batch-16 tokens/s / unsteered batch-16 tokens/s (same engine; goal >= 0.90),
-     and the engine's unsteered batch against Hugging Face `generate` on the same batch;
-  2. 16 concurrent samples of an Inspect eval through the `steered` provider against the same
-     16 requests generated one at a time with the hook (goal >= 6x);
-  3. peak resident memory.
+On the embedded model (CPU) it prints:
+  1. the default eval (`inspect eval esr_eval/steering_resistance`, no flags, a fresh threshold
+     cache, run as a child process): its wall time (goal < 4 min), its generated tokens per second
+     against Hugging Face `generate`'s bf16 batch-64 tokens per second (goal >= 0.5; also against
+     `generate` in the default dtype where that is not bf16, i.e. on CPUs without bf16), and its
+     peak resident memory (goal < 2.5 GB);
+  2. for each backend (hf; vllm when vLLM and its backend import): steered / unsteered tokens/s
+     on the same batch (goal >= 0.9), and the vLLM backend against the HF backend;
+  3. 16 concurrent samples of an Inspect eval through the `steered` provider against the same 16
+     requests one at a time (goal >= 6x);
+  4. the HF engine's own batch-64 tokens/s against HF `generate` on the same batch.
+With --gpu it builds a random-weight Llama on the GPU instead (no download, no Inspect) and
+prints the engine against HF `generate`, steered / unsteered, and continuous against fixed
+batches on requests of mixed lengths.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import resource
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -25,85 +39,235 @@ PROMPTS = [
     "Explain how rain forms in clouds.",
     "How do you make pancakes from scratch?",
 ]
+DEFAULT_MODEL = "smollm2-135m"
 
 
-def tokens_per_s(fn) -> float:
+def timed(fn) -> tuple[float, float]:
+    """(tokens made, seconds)."""
     start = time.perf_counter()
-    n_tokens = fn()
-    return n_tokens / (time.perf_counter() - start)
+    made = fn()
+    return made, time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
-    os.environ.setdefault("INSPECT_DISPLAY", "none")
+def rate(fn, repeats: int = 2) -> float:
+    """Best tokens/s of `repeats` runs (machines shared with other work swing run to run)."""
+    return max(made / spent for made, spent in (timed(fn) for _ in range(repeats)))
 
+
+def hf_generate_rate(model, tokenizer, rows: list[list[int]], new_tokens: int, repeats: int = 2) -> float:
+    """Hugging Face `generate`, greedy, left padding; counts the new tokens that are not padding."""
+    device = model.get_input_embeddings().weight.device
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+    mask = (torch.arange(width, device=device)[None, :] >= torch.tensor([width - len(r) for r in rows], device=device)[:, None]).long()
+
+    def run() -> int:
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
+        new = out[:, width:]
+        return int(((new != pad).cumsum(-1) > 0).sum())
+
+    with torch.inference_mode():  # warm-up, a few tokens
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=pad)
+    return rate(run, repeats)
+
+
+def engine_rates(lm, batch: int, tokens: int, steer_value: float, steered: bool = True) -> tuple[float, float | None]:
+    """(unsteered, steered) tokens/s of the engine on the same greedy batch."""
+    from esr_eval.steering.engine import GenerationRequest
+    from esr_eval.steering.intervention import Intervention
+
+    width = lm.dictionary.d_sae
+    messages = [[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}] for i in range(batch)]
+
+    def run(steer: bool) -> int:
+        reqs = [GenerationRequest(m, (Intervention((97 * i) % width, steer_value),) if steer else (), tokens, 0.0, seed=i)
+                for i, m in enumerate(messages)]  # fmt: skip
+        return sum(r.completion_tokens for r in lm.generate(reqs))
+
+    run(False)  # warm-up
+    return rate(lambda: run(False)), rate(lambda: run(True)) if steered else None
+
+
+def default_eval(log_dir: Path) -> dict:
+    """The no-flag eval in a child process with a fresh threshold cache (the converted model
+    folder is shared, as after a first run)."""
+    from inspect_ai.log import list_eval_logs, read_eval_log
+
+    from esr_eval.steering.models import cache_dir
+
+    cache = Path(tempfile.mkdtemp(prefix="esr-bench-cache-"))
+    models = cache_dir() / "models"
+    if models.exists():
+        (cache / "models").symlink_to(models.resolve())
+    env = {**os.environ, "ESR_EVAL_CACHE": str(cache), "INSPECT_DISPLAY": "none"}
+    inspect = shutil.which("inspect") or str(Path(sys.executable).parent / "inspect")
+    start = time.perf_counter()
+    proc = subprocess.run([inspect, "eval", "esr_eval/steering_resistance", "--log-dir", str(log_dir)], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if proc.returncode != 0:
+        raise SystemExit(f"the default eval failed:\n{proc.stderr[-3000:]}")
+    log = read_eval_log(list_eval_logs(str(log_dir))[0].name)
+    if log.status != "success":
+        raise SystemExit(f"the default eval ended {log.status}: {log.error}")
+    usage = {name: u for name, u in log.stats.model_usage.items() if name.startswith("steered/")}
+    tokens = sum(u.output_tokens for u in usage.values())
+    shutil.rmtree(cache, ignore_errors=True)
+    return {"wall": wall, "tokens": tokens, "peak_gib": peak_kib / 2**20, "samples": len(log.samples or [])}
+
+
+def inspect_concurrency(lm, model: str, batch: int, tokens: int) -> tuple[float, float]:
+    """(concurrent Inspect eval seconds, one-at-a-time seconds) for `batch` steered requests."""
     from inspect_ai import Task, eval
     from inspect_ai.dataset import Sample
     from inspect_ai.solver import Generate, TaskState, solver
 
-    from esr_eval.provider import load_engine
     from esr_eval.steering.engine import GenerationRequest
     from esr_eval.steering.intervention import Intervention, steering_to_extra_body
 
-    lm = load_engine(args.model, dtype=args.dtype)
     width = lm.dictionary.d_sae
-    messages = [[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}] for i in range(args.batch)]
-    steering = [(Intervention((97 * i) % width, 40.0),) for i in range(args.batch)]
-
-    def requests(steered: bool) -> list[GenerationRequest]:
-        # greedy, no EOS stop inside the budget is not guaranteed: count the tokens made
-        return [GenerationRequest(m, s if steered else (), args.tokens, 0.0, seed=i) for i, (m, s) in enumerate(zip(messages, steering))]
-
-    def run_engine(steered: bool) -> int:
-        return sum(r.completion_tokens for r in lm.generate(requests(steered)))
-
-    def run_hf_generate() -> int:
-        tok = lm.tokenizer
-        rows = [lm.prompt_ids(m) for m in messages]
-        ids, mask = lm._left_pad(rows)
-        out = lm.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=args.tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-        new = out[:, ids.shape[1] :]
-        return int(sum(((row != tok.pad_token_id).cumsum(0) > 0).sum() for row in new))
-
-    run_engine(False)  # warm-up
-    best = lambda fn: max(tokens_per_s(fn) for _ in range(args.repeats))
-    plain = best(lambda: run_engine(False))
-    steered = best(lambda: run_engine(True))
-    hf = best(run_hf_generate)
-    print(f"batch {args.batch}, {args.tokens} new tokens, {args.dtype}, torch threads {torch.get_num_threads()}")
-    print(f"  engine unsteered     {plain:8.1f} tok/s")
-    print(f"  engine steered       {steered:8.1f} tok/s")
-    print(f"  HF generate (plain)  {hf:8.1f} tok/s")
-    print(f"steered / unsteered batch tokens/s:        {steered / plain:.3f}  (goal >= 0.90)")
-    print(f"engine unsteered / HF generate tokens/s:   {plain / hf:.3f}")
+    latents = [(97 * i) % width for i in range(batch)]
 
     @solver
     def steer_each():
         async def solve(state: TaskState, generate: Generate) -> TaskState:
-            k = state.metadata["latent"]
-            return await generate(state, extra_body=steering_to_extra_body([Intervention(k, 40.0)], lm.dictionary_id), seed=state.metadata["seed"], max_tokens=args.tokens, temperature=0.0)
+            body = steering_to_extra_body([Intervention(state.metadata["latent"], 40.0)], lm.dictionary_id)
+            return await generate(state, extra_body=body, seed=state.metadata["seed"], max_tokens=tokens, temperature=0.0)
 
         return solve
 
-    samples = [Sample(input=m[0]["content"], id=i, metadata={"latent": s[0].latent, "seed": i}) for i, (m, s) in enumerate(zip(messages, steering))]
+    samples = [Sample(input=PROMPTS[i % len(PROMPTS)], id=i, metadata={"latent": k, "seed": i}) for i, k in enumerate(latents)]
     start = time.perf_counter()
-    log = eval(Task(dataset=samples, solver=steer_each()), model=f"steered/{args.model}", model_args={"dtype": args.dtype}, max_connections=args.batch, log_dir="/tmp/esr-benchmark-logs", display="none")[0]
-    concurrent_s = time.perf_counter() - start
+    log = eval(Task(dataset=samples, solver=steer_each()), model=f"steered/{model}", model_args={"max_batch_size": batch},
+               max_connections=batch, log_dir=tempfile.mkdtemp(prefix="esr-bench-logs-"), display="none")[0]  # fmt: skip
+    concurrent = time.perf_counter() - start
     assert log.status == "success", log.error
     start = time.perf_counter()
-    for req in requests(True):
-        lm.generate([req])
-    serial_s = time.perf_counter() - start
-    print(f"  Inspect eval, {args.batch} concurrent samples: {concurrent_s:6.1f} s (model already loaded)")
-    print(f"  the same {args.batch} requests one at a time:   {serial_s:6.1f} s")
-    print(f"one-at-a-time time / concurrent Inspect eval time: {serial_s / concurrent_s:.2f}x  (goal >= 6x)")
-    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    for i, k in enumerate(latents):
+        lm.generate([GenerationRequest([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], (Intervention(k, 40.0),), tokens, 0.0, seed=i)])
+    return concurrent, time.perf_counter() - start
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None and importlib.util.find_spec("esr_eval.steering.backends.vllm") is not None
+
+
+def cpu_main(args: argparse.Namespace) -> None:
+    from esr_eval.steering.load import load_engine
+
+    print(f"machine: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} at start")
+    if not args.skip_eval:
+        run = default_eval(Path(tempfile.mkdtemp(prefix="esr-bench-eval-")))
+        print(f"  default eval: {run['samples']} samples, {run['tokens']} tokens generated in {run['wall']:.0f} s")
+    lm = load_engine(args.model)  # the default dtype, as the eval's
+    rows = [lm.prompt_ids([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]) for i in range(64)]
+    bf16 = lm if lm.dtype == "bfloat16" else load_engine(args.model, dtype="bfloat16")
+    hf64_bf16 = hf_generate_rate(bf16.model, bf16.tokenizer, rows, args.tokens, repeats=1 if bf16 is not lm else 2)
+    print(f"  HF generate bf16, batch 64, {args.tokens} new tokens: {hf64_bf16:.1f} tok/s")
+    hf64 = hf64_bf16 if bf16 is lm else hf_generate_rate(lm.model, lm.tokenizer, rows, args.tokens)
+    if bf16 is not lm:
+        print(f"  HF generate {lm.dtype} (the default dtype on this machine), batch 64, {args.tokens} new tokens: {hf64:.1f} tok/s")
+        del bf16
+    if not args.skip_eval:
+        eval_rate = run["tokens"] / run["wall"]
+        print(f"default eval tokens/s / HF generate bf16 batch-64 tokens/s: {eval_rate / hf64_bf16:.2f}  (goal >= 0.5; eval {eval_rate:.1f} tok/s, {lm.dtype})")
+        if hf64 != hf64_bf16:
+            print(f"default eval tokens/s / HF generate {lm.dtype} batch-64 tokens/s: {eval_rate / hf64:.2f}")
+        print(f"default eval wall time: {run['wall'] / 60:.1f} min  (goal < 4)")
+        print(f"default eval peak RSS: {run['peak_gib']:.2f} GB  (goal < 2.5)")
+
+    engine64, _ = engine_rates(lm, 64, args.tokens, 40.0, steered=False)
+    print(f"HF engine / HF generate, batch 64 {lm.dtype} unsteered tokens/s: {engine64 / hf64:.2f}")
+
+    backends = ["hf"] + (["vllm"] if vllm_available() else [])
+    plain_rates = {}
+    for name in backends:
+        engine = lm if name == "hf" else load_engine(args.model, dtype=lm.dtype, engine=name)
+        plain, steered = engine_rates(engine, args.batch, args.tokens, 40.0)
+        plain_rates[name] = plain
+        print(f"  {name} engine {engine.dtype} batch {args.batch}: unsteered {plain:.1f} tok/s, steered {steered:.1f} tok/s")
+        print(f"{name} steered / unsteered batch tokens/s: {steered / plain:.2f}  (goal >= 0.9)")
+    if "vllm" in plain_rates:
+        print(f"vllm / hf backend tokens/s, same requests: {plain_rates['vllm'] / plain_rates['hf']:.2f}")
+    else:
+        print("vllm backend: not importable here (pip install \"esr-eval[vllm]\"): no vllm rows")
+
+    concurrent, serial = inspect_concurrency(lm, args.model, 16, args.tokens)
+    print(f"  Inspect eval, 16 concurrent samples: {concurrent:.1f} s; the same 16 requests one at a time: {serial:.1f} s")
+    print(f"one-at-a-time time / concurrent Inspect eval time: {serial / concurrent:.2f}x  (goal >= 6x)")
+    print(f"benchmark process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB; load average {os.getloadavg()[0]:.1f} at end")
+
+
+def gpu_main(args: argparse.Namespace) -> None:
+    """A random-weight Llama (about 1.1B parameters) on the GPU: throughput only."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from esr_eval.steering.backends.hf import SteeredLM
+    from esr_eval.steering.dictionary import DirectionSet
+    from esr_eval.steering.engine import GenerationRequest
+    from esr_eval.steering.intervention import Intervention
+
+    if not torch.cuda.is_available():
+        raise SystemExit("--gpu needs a CUDA device")
+    vocab = 32000
+    tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(vocab)}, unk_token="w2"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="w0", eos_token="w1")
+    config = LlamaConfig(vocab_size=vocab, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                         num_key_value_heads=4, max_position_embeddings=4096, eos_token_id=1, pad_token_id=0)  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).to("cuda", torch.bfloat16).eval()
+    layer = 11
+    directions = DirectionSet(torch.nn.functional.normalize(torch.randn(64, 2048), dim=-1), "random", layer, {})
+    lm = SteeredLM(model, tokenizer, directions, layer=layer, name="random-llama-1b", chat_template=False)
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(20, 60, (args.gpu_batch,), generator=gen).tolist()
+    texts = [" ".join(f"w{t}" for t in torch.randint(3, vocab, (n,), generator=gen).tolist()) for n in lengths]
+    tokens = args.tokens * 2
+
+    def requests(steered: bool, budgets: list[int] | None = None) -> list[GenerationRequest]:
+        budgets = budgets or [tokens] * len(texts)
+        return [GenerationRequest([{"role": "user", "content": texts[i % len(texts)]}], (Intervention(i % 64, 4.0),) if steered else (),
+                                  b, 0.0, seed=i) for i, b in enumerate(budgets)]  # fmt: skip
+
+    def run(reqs: list[GenerationRequest], max_batch: int | None = None) -> int:
+        return sum(r.completion_tokens for r in lm.generate(reqs, max_batch_size=max_batch))
+
+    hf = hf_generate_rate(model, tokenizer, [lm.prompt_ids([{"role": "user", "content": t}]) for t in texts], tokens)
+    plain = rate(lambda: run(requests(False)))
+    steered = rate(lambda: run(requests(True)))
+    budgets = [tokens if i % 4 == 0 else tokens // 8 for i in range(4 * len(texts))]
+    continuous = rate(lambda: run(requests(False, budgets), args.gpu_batch), 1)
+
+    def fixed_batches() -> int:  # the same requests in fixed batches: a batch waits for its longest row
+        reqs = requests(False, budgets)
+        return sum(run(reqs[s : s + args.gpu_batch]) for s in range(0, len(reqs), args.gpu_batch))
+
+    fixed = rate(fixed_batches, 1)
+    print(f"GPU {torch.cuda.get_device_name()}: random Llama 1.1B bf16, batch {args.gpu_batch}, {tokens} new tokens")
+    print(f"  HF generate {hf:.0f} tok/s, engine unsteered {plain:.0f} tok/s, steered {steered:.0f} tok/s")
+    print(f"engine / HF generate tokens/s: {plain / hf:.2f}")
+    print(f"steered / unsteered tokens/s: {steered / plain:.2f}  (goal >= 0.9)")
+    print(f"continuous / fixed batches, mixed budgets (1 row in 4 makes {tokens} tokens, the rest {tokens // 8}): {continuous / fixed:.2f}")
+    print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--tokens", type=int, default=64, help="new tokens per row in the engine and HF generate rows")
+    parser.add_argument("--batch", type=int, default=16, help="batch of the steered / unsteered rows")
+    parser.add_argument("--skip-eval", action="store_true", help="leave out the default eval (about 4 minutes)")
+    parser.add_argument("--gpu", action="store_true", help="a random-weight model on the GPU instead of the embedded model")
+    parser.add_argument("--gpu-batch", type=int, default=64)
+    args = parser.parse_args()
+    os.environ.setdefault("INSPECT_DISPLAY", "none")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB, for vLLM's CPU build
+    (gpu_main if args.gpu else cpu_main)(args)
 
 
 if __name__ == "__main__":

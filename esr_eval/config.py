@@ -29,6 +29,7 @@ class Generation:
 
 GENERATION = Generation()
 PROVIDER_MAX_TOKENS = 512  # a request to the provider that names no budget (the paper's cap)
+DEFAULT_DTYPE = "bfloat16"  # where the hardware has it; float32 on CPUs without bf16 instructions (steering.models.resolve_dtype)
 # Cap on a grader's reply unless its role sets max_tokens (`--model-role 'grader={model: ...,
 # max_tokens: N}'`): the attempts JSON of a 384-token answer fits in well under 1024 tokens.
 GRADER_MAX_TOKENS = 1024
@@ -64,7 +65,8 @@ class TaskArgs:
     relevance: str = "topk"  # or "strict"
     concreteness: str = CONCRETENESS_OFFLINE  # "offline", "none", or a model that rates labels (keeps >= 65)
     target: float = 0.3  # first-attempt score (0-1) the calibration aims at
-    calibration_trials: int = 10
+    calibration_trials: int = 6  # scored answers per latent in calibration, over all rounds
+    calibration_rounds: int = 2  # sequential rounds (1-4); each probes several boosts at once
     threshold_cache: str | None = None  # None: <cache dir>/thresholds.jsonl
     max_tokens: int = GENERATION.max_tokens
     temperature: float = GENERATION.temperature
@@ -94,6 +96,8 @@ class TaskArgs:
             raise UsageError(f"relevance {self.relevance!r} is unknown: use topk or strict")
         if self.n_latents < 1 or self.prompts_per_latent < 1 or self.calibration_trials < 1 or self.max_tokens < 1:
             raise UsageError("n_latents, prompts_per_latent, calibration_trials and max_tokens must be at least 1")
+        if not 1 <= self.calibration_rounds <= 4:
+            raise UsageError(f"calibration_rounds {self.calibration_rounds} must be 1..4")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise UsageError(f"temperature {self.temperature} must be >= 0 and top_p {self.top_p} in (0, 1]")
 
@@ -112,11 +116,13 @@ class ModelArgs:
     dictionary: str | None = None  # SAE / direction-set folder, sae-lens RELEASE/SAE_ID or preset
     layer: int | None = None
     labels: str | None = None
-    dtype: str = "float32"
+    dtype: str | None = None  # None: the preset's, else DEFAULT_DTYPE where the hardware computes in it (resolve_dtype)
     device: str = "cpu"
-    max_batch_size: int = 16
+    max_batch_size: int = 64  # rows decoding at once: the default eval keeps about 40 in flight
     repetition_penalty: float | None = None  # None: the preset's, else GENERATION's
-    engine: str = "hf"  # or "vllm" (vllm-lens; in process, or a `vllm serve` at --model-base-url)
+    engine: str = "hf"  # one of ENGINES: "hf" (transformers, in process) or "vllm" (vllm-lens; in process, or a `vllm serve` at --model-base-url)
+    device_map: str | dict | None = None  # hf: "auto" (accelerate) or module -> device; None: the preset's, else all on `device`
+    max_memory: dict | None = None  # hf: device -> size ("0=70GiB,1=70GiB,cpu=200GiB"); implies device_map=auto
     tensor_parallel_size: int = 1  # vllm only
     pipeline_parallel_size: int = 1  # vllm only
     max_model_len: int | None = None  # vllm only; None: the model's context length
@@ -133,23 +139,61 @@ class ModelArgs:
         parsed = cls(**_coerce_all(cls, args, "-M", MODEL_CASTS))
         if parsed.max_batch_size < 1:
             raise UsageError(f"-M max_batch_size={parsed.max_batch_size} must be at least 1")
-        if parsed.engine not in ENGINES:
-            raise UsageError(f"-M engine={parsed.engine!r} is unknown: use one of {', '.join(ENGINES)}")
+        check_engine(parsed.engine)
+        if parsed.dtype is not None and parsed.dtype not in DTYPES:
+            raise UsageError(f"-M dtype={parsed.dtype!r} is unknown: use one of {', '.join(DTYPES)}")
         if parsed.engine != "vllm" and (parsed.tensor_parallel_size, parsed.pipeline_parallel_size, parsed.max_model_len) != (1, 1, None):
             raise UsageError("tensor_parallel_size, pipeline_parallel_size and max_model_len are vLLM settings: add -M engine=vllm")
+        if parsed.engine != "hf" and (parsed.device_map, parsed.max_memory) != (None, None):
+            raise UsageError(
+                "device_map and max_memory place the HF engine's layers: with -M engine=vllm use tensor_parallel_size "
+                "and pipeline_parallel_size instead"
+            )
         return parsed
 
-    def vllm_args(self, base_url: str | None = None) -> dict[str, Any]:
-        """The keyword arguments of `VLLMEngine.load` (none for the HF engine)."""
-        if self.engine != "vllm":
-            return {}
-        return {
-            "tensor_parallel_size": self.tensor_parallel_size,
-            "pipeline_parallel_size": self.pipeline_parallel_size,
-            "max_model_len": self.max_model_len,
-            "max_num_seqs": self.max_batch_size,
-            "base_url": base_url,
-        }
+    def backend_args(self, base_url: str | None = None) -> dict[str, Any]:
+        """The backend's own keywords of its engine's `load` (`SteeringEngine.load`): hf: device_map
+        and max_memory where given; vllm: the parallel sizes, context length, batch rows and server."""
+        if self.engine == "vllm":
+            return {
+                "tensor_parallel_size": self.tensor_parallel_size,
+                "pipeline_parallel_size": self.pipeline_parallel_size,
+                "max_model_len": self.max_model_len,
+                "max_num_seqs": self.max_batch_size,
+                "base_url": base_url,
+            }
+        given = {"device_map": self.device_map, "max_memory": self.max_memory}
+        return {k: v for k, v in given.items() if v is not None}
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_engine(name: str) -> None:
+    """An engine name is one of ENGINES (the message names the -M option)."""
+    from esr_eval.errors import UsageError
+
+    if name not in ENGINES:
+        raise UsageError(f"-M engine={name!r} is unknown: use one of {', '.join(ENGINES)}")
+
+
+def parse_max_memory(value: Any) -> dict[int | str, str] | None:
+    """`-M max_memory` as accelerate wants it: `{0: "70GiB", "cpu": "200GiB"}`, from a dict or
+    "0=70GiB,1=70GiB,cpu=200GiB"; device indices become ints."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        pairs = [item.split("=", 1) for item in value.strip("{}").split(",") if item.strip()]
+        if any(len(p) != 2 for p in pairs):
+            raise ValueError(f"max_memory {value!r} is not DEVICE=SIZE,...")
+        value = {k.strip(): v.strip() for k, v in pairs}
+    if not isinstance(value, dict):
+        raise ValueError(f"max_memory {value!r} is not DEVICE=SIZE,...")
+    return {int(k) if str(k).isdigit() else str(k): v if isinstance(v, int) else str(v) for k, v in value.items()}
+
+
+def _device_map(value: Any) -> str | dict:
+    return value if isinstance(value, dict) else str(value)
 
 
 @dataclass(frozen=True)
@@ -216,12 +260,14 @@ INT, FLOAT, TEXT = (int, "an integer"), (float, "a number"), (str, "text")
 TASK_CASTS = {
     "prompts": TEXT, "n_latents": INT, "prompts_per_latent": INT, "latents": (lambda v: int_list(v), "a list of integers"),
     "seed": INT, "relevance": TEXT, "concreteness": (lambda v: _concreteness(v), "offline, none or a model name"), "target": FLOAT, "calibration_trials": INT,
-    "threshold_cache": TEXT, "max_tokens": INT, "temperature": FLOAT, "top_p": FLOAT,
+    "calibration_rounds": INT, "threshold_cache": TEXT, "max_tokens": INT, "temperature": FLOAT, "top_p": FLOAT,
 }  # fmt: skip
 MODEL_CASTS = {
     "dictionary": TEXT, "layer": INT, "labels": TEXT, "dtype": TEXT, "device": TEXT,
-    "max_batch_size": INT, "repetition_penalty": FLOAT, "engine": TEXT, "tensor_parallel_size": INT,
-    "pipeline_parallel_size": INT, "max_model_len": INT,
+    "max_batch_size": INT, "repetition_penalty": FLOAT, "engine": TEXT,
+    "device_map": (lambda v: _device_map(v), "auto or a module -> device map"),
+    "max_memory": (lambda v: parse_max_memory(v), "DEVICE=SIZE,... (0=70GiB,cpu=200GiB)"),
+    "tensor_parallel_size": INT, "pipeline_parallel_size": INT, "max_model_len": INT,
 }  # fmt: skip
 
 

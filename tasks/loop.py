@@ -10,6 +10,7 @@ from esr_eval.tasks.dataset import dataset
 from esr_eval.tasks.setup import Setup, model_finetune_info, task_version
 from esr_eval.tasks.solver import steered_generate
 from inspect_ai import Task
+from inspect_ai.model import GenerateConfig
 from inspect_ai.scorer import Metric
 
 
@@ -21,6 +22,9 @@ def esr_task(setup: Setup, samples: list, name: str, metrics: list[Metric] | Non
         metadata["finetune"] = tuned.to_dict()
     return Task(
         dataset=dataset(samples, name),
+        # as many samples in flight as the engine batches (Inspect's adaptive default starts at 20);
+        # --max-connections overrides it
+        config=GenerateConfig(max_connections=setup.api.max_connections()),
         solver=steered_generate(setup.calibrator, setup.labels, setup.args.generation()),
         scorer=attempts_judge(),
         metrics=metrics,

@@ -141,7 +141,8 @@ def prepare(
         notes += sampled.notes
         notes.append(f"latent filters dropped {sampled.dropped}")
     calibrator = Calibrator(
-        api, [p.text for p in prompts], a.target, a.calibration_trials, a.generation(), a.threshold_cache, a.seed, dictionary_id
+        api, [p.text for p in prompts], a.target, a.calibration_trials, a.generation(), a.threshold_cache, a.seed, dictionary_id,
+        rounds=a.calibration_rounds,
     )
     labels = {k: steered.label(k) or f"latent {k}" for k in chosen}
     return Setup(a, default_model, api, prompts, chosen, labels, calibrator, notes)

@@ -25,6 +25,7 @@ def steering_resistance(
     concreteness: str = D.concreteness,
     target: float = D.target,
     calibration_trials: int = D.calibration_trials,
+    calibration_rounds: int = D.calibration_rounds,
     threshold_cache: str | None = D.threshold_cache,
     max_tokens: int = D.max_tokens,
     temperature: float = D.temperature,
@@ -46,7 +47,8 @@ def steering_resistance(
         dictionary's latent_stats.json); "none" keeps all; a model (e.g. openai/gpt-4o-mini)
         rates each label instead and keeps >= 65.
       target: first-attempt score (0-1) that calibration aims at.
-      calibration_trials: most judge calls per latent in calibration.
+      calibration_trials: judge calls per latent in calibration, over all rounds.
+      calibration_rounds: sequential calibration rounds (1-4), each probing several boosts at once.
       threshold_cache: jsonl file of thresholds (default: the user cache dir).
       max_tokens: new tokens per answer.
       temperature: sampling temperature.

@@ -107,4 +107,4 @@ def tiny_sae_dir(tmp_path_factory) -> Path:
 def tiny_lm(tiny_model_dir, tiny_sae_dir):
     from esr_eval.steering.backends.hf import SteeredLM
 
-    return SteeredLM.load(str(tiny_model_dir), dictionary=str(tiny_sae_dir))
+    return SteeredLM.load(str(tiny_model_dir), dictionary=str(tiny_sae_dir), dtype="float32")

@@ -17,19 +17,61 @@ from esr_eval.calibration.bisection import (
     direction_confidence,
 )
 from esr_eval.calibration.cache import ThresholdCache
+from esr_eval.calibration.rounds import calibrate_in_rounds, probes_per_round
 
 TARGET = 0.3
 
 
-def noisy_curve(crossing: float, width: float, rng: np.random.Generator):
-    """A falling score curve that equals TARGET at `crossing`, with judge noise (sd 0.07)."""
-    centre = crossing - width * np.log(1 / TARGET - 1)
+def noisy_curve(crossing: float, width: float, rng: np.random.Generator, sd: float = 0.07, top: float = 1.0, calls: list | None = None):
+    """A falling score curve from `top` that equals TARGET at `crossing`, with judge noise."""
 
     async def score(boost: float, trial: int) -> float:
-        clean = 1.0 / (1.0 + np.exp((boost - centre) / width))
-        return float(np.clip(clean + rng.normal(0, 0.07), 0, 1))
+        if calls is not None:
+            calls.append(trial)
+        await asyncio.sleep(0)  # let the other probes of a round start: they run concurrently
+        clean = top / (1.0 + (top / TARGET - 1.0) * np.exp((boost - crossing) / width))
+        return float(np.clip(clean + rng.normal(0, sd), 0, 1))
 
     return score
+
+
+def test_few_rounds_reach_the_planted_threshold_of_noisy_curves():
+    """Two rounds of three parallel probes find the planted crossing closer than ten sequential
+    bisection trials do, on the same noisy curves (plateaus below 1, judge noise sd 0.15)."""
+    rng = np.random.default_rng(1)
+    scale = 150.0
+    bounds = Bounds.from_scale(scale)
+    misses = {"rounds": [], "bisection": []}
+    for _ in range(60):
+        crossing = float(np.clip(rng.normal(bounds.prior_mean, bounds.prior_sd), 20, bounds.upper - 20))
+        width, top = scale * rng.uniform(0.08, 0.25), rng.uniform(0.55, 0.95)
+        calls: list[int] = []
+        found = asyncio.run(calibrate_in_rounds(noisy_curve(crossing, width, rng, 0.15, top, calls), bounds, TARGET, max_trials=6, rounds=2))
+        assert found.trials == 6 and sorted(calls) == list(range(6))
+        misses["rounds"].append(abs(found.threshold - crossing) / width)  # in units of the curve's width
+        old = asyncio.run(bisect_boost(noisy_curve(crossing, width, rng, 0.15, top), bounds, TARGET, max_trials=10))
+        misses["bisection"].append(abs(old.threshold - crossing) / width)
+    new, old = np.array(misses["rounds"]), np.array(misses["bisection"])
+    assert np.median(new) <= 0.4 and np.mean(new <= 1.0) >= 0.9
+    assert np.median(new) < np.median(old)
+
+
+def test_a_round_probes_its_boosts_at_once_and_spreads_them():
+    started, finished = [], []
+
+    async def score(boost: float, trial: int) -> float:
+        started.append(boost)
+        await asyncio.sleep(0.01)
+        finished.append(boost)
+        return 0.9 if boost < 50 else 0.0
+
+    result = asyncio.run(calibrate_in_rounds(score, Bounds(0, 100, 40, 20), TARGET, max_trials=7, rounds=3))
+    assert probes_per_round(7, 3) == [3, 2, 2] and probes_per_round(2, 3) == [1, 1]
+    first_round = [b for b, _ in result.history[:3]]
+    assert first_round == sorted(first_round) and len(set(first_round)) == 3
+    assert 40 <= result.threshold <= 60  # the step at 50 lies between the probes scoring 0.9 and 0
+    with pytest.raises(ValueError, match="1..4"):
+        asyncio.run(calibrate_in_rounds(score, Bounds(0, 100, 40, 20), TARGET, max_trials=10, rounds=5))
 
 
 def test_direction_confidence_points_the_right_way():
@@ -69,7 +111,8 @@ def test_bisection_moves_up_when_scores_stay_high():
 
 def _key(latent: int = 3, **changes) -> dict:
     key = dict(model="steered/m", dictionary="sae@2", latent=latent, grader="esr_judge/minilm@2", target=0.3, prompts="abc",
-               max_tokens=384, temperature=0.6, top_p=1.0, repetition_penalty=1.1, calibration_trials=10)  # fmt: skip
+               max_tokens=384, temperature=0.6, top_p=1.0, repetition_penalty=1.1, calibration_trials=10,
+               calibration="rounds@1x2", dtype="bfloat16", engine="hf")  # fmt: skip
     return {**key, **changes}
 
 
@@ -94,6 +137,10 @@ def test_cache_round_trip_and_reuse(tmp_path):
         {"top_p": 0.9},
         {"repetition_penalty": 1.2},
         {"calibration_trials": 3},
+        {"calibration": "rounds@1x3"},  # another number of rounds
+        {"calibration": "bisection@1"},
+        {"dtype": "float32"},
+        {"engine": "vllm"},
         {"target": 0.5},
         {"prompts": "other"},
         {"model": "tuned#1234"},

@@ -127,13 +127,13 @@ def _steered_log(tmp_path, tiny_model_dir, tiny_sae_dir):
         Sample(
             id=i, input=f"Explain how to brew coffee, step {i}.", metadata={"latent": LATENT, "boost": BOOST, "seed": i}
         )
-        for i in range(4)
+        for i in range(8)
     ]
     task = Task(name="steering_resistance", dataset=samples, solver=steer(), scorer=halves_judge())
     log = eval(
         task,
         model=f"steered/{tiny_model_dir}",
-        model_args={"dictionary": str(tiny_sae_dir)},
+        model_args={"dictionary": str(tiny_sae_dir), "dtype": "float32"},  # read-outs compared to 1e-5
         log_dir=str(tmp_path / "logs"),
         display="none",
         max_connections=4,
@@ -174,7 +174,7 @@ def test_episodes_end_to_end(tmp_path, tiny_model_dir, tiny_sae_dir):
     assert result["curve"]["offset"] == list(range(-10, 11))
 
     # the activity at the boundary equals a direct read-out with the logged steering
-    engine = load_engine(str(tiny_model_dir), str(tiny_sae_dir))
+    engine = load_engine(str(tiny_model_dir), str(tiny_sae_dir), dtype="float32")
     first = result["episodes"][0]
     sample = next(s for s in multi if s.id == first["sample_id"])
     answer = sample.output.completion
@@ -184,9 +184,9 @@ def test_episodes_end_to_end(tmp_path, tiny_model_dir, tiny_sae_dir):
     assert first["n_tokens"] == len(summed)
     attempts = sample.scores["halves_judge"].metadata["attempts"]
     assert first["boundary_token"] == boundary_tokens(engine.tokenizer, answer, attempts)[1]
-    off_end = first["boundary_token"] - 3
-    expected_off = float(summed[:off_end].mean()) if off_end > 0 else None
-    assert first["off_topic_mean"] == (pytest.approx(expected_off, rel=1e-5) if off_end > 0 else None)
+    off_start, off_end = boundary_tokens(engine.tokenizer, answer, attempts)[0] or 0, first["boundary_token"] - 3
+    expected_off = float(summed[off_start:off_end].mean()) if off_end > off_start else None
+    assert first["off_topic_mean"] == (pytest.approx(expected_off, rel=1e-5) if off_end > off_start else None)
 
     unsteered = run_episodes(log.location, str(detectors), tmp_path / "plain", unsteered=True, window=10)
     assert unsteered["steering"] == "none" and unsteered["n_episodes"] == result["n_episodes"]
@@ -195,8 +195,8 @@ def test_episodes_end_to_end(tmp_path, tiny_model_dir, tiny_sae_dir):
     assert pairs and max(abs(a - b) for a, b in pairs) > 1e-4
     (plain_acts,) = engine.read_latents([(messages, answer)], [1, 7, 11])
     plain_first = next(e for e in unsteered["episodes"] if e["sample_id"] == first["sample_id"])
-    if off_end > 0:
-        assert plain_first["off_topic_mean"] == pytest.approx(float(plain_acts.sum(-1)[:off_end].mean()), rel=1e-5)
+    if off_end > off_start:  # the same token span as the steered episode's off-topic mean
+        assert plain_first["off_topic_mean"] == pytest.approx(float(plain_acts.sum(-1)[off_start:off_end].mean()), rel=1e-5)
 
 
 def test_episodes_bad_input(tmp_path, tiny_model_dir, tiny_sae_dir):

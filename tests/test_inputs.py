@@ -151,7 +151,8 @@ def test_each_epoch_is_a_new_trial(tiny_model_dir, tiny_sae_dir, tmp_path):
 
 def test_read_outs_wait_for_a_generating_batch(tiny_model_dir, tiny_sae_dir, tmp_path):
     """Half the thresholds cached: those samples generate while the other latents' calibration
-    reads residuals. Every logged steered answer equals the same request generated alone."""
+    reads residuals. Every logged steered answer equals the same request generated alone (float32:
+    in bfloat16 a row's logits depend on the batch it shares)."""
     from test_variants import write_thresholds
 
     from esr_eval.steering.engine import GenerationRequest
@@ -159,14 +160,15 @@ def test_read_outs_wait_for_a_generating_batch(tiny_model_dir, tiny_sae_dir, tmp
     from esr_eval.steering.load import load_engine
     from esr_eval.steering.models import model_fingerprint
 
-    lm = load_engine(str(tiny_model_dir), str(tiny_sae_dir))
+    lm = load_engine(str(tiny_model_dir), str(tiny_sae_dir), dtype="float32")
     cache = tmp_path / "thresholds.jsonl"
-    write_thresholds(cache, model_fingerprint(str(tiny_model_dir)), lm.dictionary_id, {1: 3.0, 2: 5.0}, target=0.3)
+    write_thresholds(cache, model_fingerprint(str(tiny_model_dir)), lm.dictionary_id, {1: 3.0, 2: 5.0}, target=0.3, dtype="float32")
     rows = [json.loads(line) for line in cache.read_text().splitlines()]
     for row in rows:
         row["max_tokens"] = 32
     cache.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    log = run("esr_eval/steering_resistance", tiny_model_dir, tiny_sae_dir, tmp_path, keyed_grader(REPLIES), latents=[1, 2, 3, 4], prompts_per_latent=3, max_tokens=32)
+    log = run("esr_eval/steering_resistance", tiny_model_dir, tiny_sae_dir, tmp_path, keyed_grader(REPLIES), {"dtype": "float32"},
+              latents=[1, 2, 3, 4], prompts_per_latent=3, max_tokens=32)  # fmt: skip
     assert {s.metadata["calibration_trials"] for s in log.samples if s.metadata["latent"] in (1, 2)} == {3}  # cached
     checked = 0
     for sample in log.samples:

@@ -31,27 +31,27 @@ def test_concurrent_samples_batch_and_keep_their_own_steering(tiny_model_dir, ti
     labels = tmp_path / "labels.json"  # a fresh engine key: this test counts the loads
     labels.write_text(json.dumps({str(k): f"latent {k}" for k in range(64)}))
     loads, batches = [], []
-    real_load, real_generate = SteeredLM.load, SteeredLM.generate
+    real_load, real_generate, real_decode = SteeredLM.load, SteeredLM.generate, SteeredLM._decode
     monkeypatch.setattr(SteeredLM, "load", classmethod(lambda cls, *a, **k: loads.append(a) or real_load.__func__(cls, *a, **k)))
-    monkeypatch.setattr(SteeredLM, "generate", lambda self, reqs: batches.append(len(reqs)) or real_generate(self, reqs))
+    monkeypatch.setattr(SteeredLM, "_decode", lambda self, batch: batches.append(len(batch)) or real_decode(self, batch))
 
     specs = [(None, 0.0, "add"), (3, 30.0, "add"), (9, 0.0, "clamp"), (5, -20.0, "add")] * 2
     samples = [
         Sample(input=PROMPTS[i % 4], id=i, metadata={"latent": k, "value": v, "mode": m, "seed": i})
         for i, (k, v, m) in enumerate(specs)
     ]
-    lm = load_engine(str(tiny_model_dir), str(tiny_sae_dir), labels=str(labels))
+    lm = load_engine(str(tiny_model_dir), str(tiny_sae_dir), labels=str(labels), dtype="float32")
     log = inspect_eval(
         Task(dataset=samples, solver=steer_from_metadata(lm.dictionary_id)),
         model=f"steered/{tiny_model_dir}",
-        model_args={"dictionary": str(tiny_sae_dir), "labels": str(labels)},
+        model_args={"dictionary": str(tiny_sae_dir), "labels": str(labels), "dtype": "float32"},
         max_connections=8,
         log_dir=str(tmp_path / "logs"),
         display="none",
     )[0]
     assert log.status == "success", log.error
     assert len(loads) == 1  # the provider reuses the engine loaded above
-    assert max(batches) > 1  # concurrent samples shared a forward pass
+    assert max(batches) > 1  # concurrent samples shared decode steps
     for sample in sorted(log.samples, key=lambda s: s.id):
         k, v, m = specs[sample.id]
         alone = real_generate(lm, [GenerationRequest([{"role": "user", "content": sample.input}], [Intervention(k, v, m)] if k is not None else [], 10, 0.0, seed=sample.id)])[0]
@@ -107,13 +107,13 @@ def test_mixed_settings_in_one_batch_equal_each_request_alone(tiny_model_dir, ti
     log = inspect_eval(
         Task(dataset=samples, solver=mixed()),
         model=f"steered/{tiny_model_dir}",
-        model_args={"dictionary": str(tiny_sae_dir)},
+        model_args={"dictionary": str(tiny_sae_dir), "dtype": "float32"},  # bf16 logits depend on the batch a row shares
         max_connections=len(settings),
         log_dir=str(tmp_path / "logs"),
         display="none",
     )[0]
     assert log.status == "success", log.error
-    lm = load_engine(str(tiny_model_dir), str(tiny_sae_dir))
+    lm = load_engine(str(tiny_model_dir), str(tiny_sae_dir), dtype="float32")
     for sample in log.samples:
         budget, temperature, top_p = settings[sample.id]
         steering = [Intervention(3, 4.0)] if sample.id % 2 else []

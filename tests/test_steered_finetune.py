@@ -133,7 +133,7 @@ def test_steered_lora_learns_and_leaves_the_steered_layer_alone(tiny_model_dir, 
     from esr_eval.steering.models import apply_adapter
     from esr_eval.training.finetune.train import load_base, save_adapter
 
-    base = SteeredLM.load(str(tiny_model_dir), dictionary=str(tiny_sae_dir))
+    base = SteeredLM.load(str(tiny_model_dir), dictionary=str(tiny_sae_dir), dtype="float32")  # as load_base trains
     rows = _rows(base, 8)
     model, tok, chat = load_base(str(tiny_model_dir))
     dictionary = load_dictionary(str(tiny_sae_dir))

@@ -240,7 +240,7 @@ def test_topk_clamp_at_the_layer_on_every_generated_token(tiny_model_dir, tmp_pa
     """At every position the engine ran (prompt and each generated token), the layer's steered
     output is h + (value - f_k(h)) * W_dec[k], h being the unsteered output there: layers up to the
     hook never see the steering, so h comes from an unsteered pass over the same tokens."""
-    lm = SteeredLM.load(str(tiny_model_dir), dictionary=str(orthonormal_topk_sae(tmp_path / "topk")))
+    lm = SteeredLM.load(str(tiny_model_dir), dictionary=str(orthonormal_topk_sae(tmp_path / "topk")), dtype="float32")
     latent = 3
     seen: list[torch.Tensor] = []
     # registered after the engine's hook, so it sees the steered layer output

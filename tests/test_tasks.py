@@ -10,6 +10,7 @@ import torch
 from inspect_ai import eval as inspect_eval
 from inspect_ai.model import ModelOutput, ModelUsage, get_model
 
+from esr_eval.config import TaskArgs
 from esr_eval.judge.protocol import rubric_sections
 from esr_eval.sampling.latents import relevant_latents, sample_latents
 
@@ -51,11 +52,11 @@ def assert_each_answer_was_judged(log) -> None:
         assert attempts[0]["text"] == " ".join(sample.output.completion.split()) or sample.output.completion.strip() == ""
 
 
-def run(task: str, tiny_model_dir, tiny_sae_dir, tmp_path, grader, **task_args):
+def run(task: str, tiny_model_dir, tiny_sae_dir, tmp_path, grader, model_args: dict | None = None, **task_args):
     logs = inspect_eval(
         task,
         model=f"steered/{tiny_model_dir}",
-        model_args={"dictionary": str(tiny_sae_dir)},
+        model_args={"dictionary": str(tiny_sae_dir), **(model_args or {})},
         model_roles={"grader": grader},
         task_args={"max_tokens": 8, "threshold_cache": str(tmp_path / "thresholds.jsonl"), **task_args},
         log_dir=str(tmp_path / "logs"),
@@ -86,8 +87,8 @@ def test_steering_resistance_end_to_end(tiny_model_dir, tiny_sae_dir, tmp_path):
     assert_each_answer_was_judged(log)
     for sample in log.samples:
         md = sample.metadata
-        # both first scores (0.2 and 0.4) lie within 0.1 of the 0.3 target: one trial each
-        assert md["calibration_trials"] == 1 and md["boost"] == md["threshold"] > 0
+        # the calibration's rounds judged the task's budget of answers
+        assert md["calibration_trials"] == TaskArgs.calibration_trials and md["boost"] == md["threshold"] > 0
         steering = [e for e in sample.events if e.event == "model" and e.config.extra_body]
         assert steering[-1].config.extra_body["steering"] == [{"latent": md["latent"], "value": md["boost"], "mode": "add"}]
         assert steering[-1].config.seed == md["seed"] == md["generation_seed"]  # epoch 1 keeps the sample seed
@@ -98,7 +99,7 @@ def test_second_run_reuses_thresholds_without_calibration(tiny_model_dir, tiny_s
     run("esr_eval/steering_resistance", tiny_model_dir, tiny_sae_dir, tmp_path, keyed_grader(REPLIES, first_calls), latents=[1, 2], prompts_per_latent=2)
     second_calls: list[str] = []
     log = run("esr_eval/steering_resistance", tiny_model_dir, tiny_sae_dir, tmp_path, keyed_grader(REPLIES, second_calls), latents=[1, 2], prompts_per_latent=2)
-    assert len(first_calls) == 4 + 2  # 4 trials judged + one calibration trial per latent
+    assert len(first_calls) == 4 + 2 * TaskArgs.calibration_trials  # 4 trials judged + each latent's calibration answers
     assert len(second_calls) == 4  # only the trials: every threshold came from the cache
     assert {s.metadata["threshold"] for s in log.samples} == {
         json.loads(line)["threshold"] for line in (tmp_path / "thresholds.jsonl").read_text().splitlines()

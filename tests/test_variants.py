@@ -12,6 +12,8 @@ from esr_eval.tasks.meta_prompt import META_PROMPTS
 from test_tasks import keyed_grader, metrics, run
 
 from esr_eval.calibration.cache import prompt_set_hash
+from esr_eval.calibration.rounds import METHOD
+from esr_eval.config import TaskArgs
 from esr_eval.detectors.controls import frequency_bins, matched_controls
 from esr_eval.detectors.discovery import derangement, select_detectors, separation_stats
 from esr_eval.sampling.prompts import DEFAULT_PROMPTS as PROMPTS_FILE
@@ -22,11 +24,12 @@ from esr_eval.steering.models import model_fingerprint
 REPLIES = {1: [(40, False)], 2: [(20, True), (70, False)], 3: [(40, False)], 4: [(20, True), (70, False)]}
 
 
-def write_thresholds(path, model: str, dictionary: str, thresholds: dict[int, float], target: float) -> None:
+def write_thresholds(path, model: str, dictionary: str, thresholds: dict[int, float], target: float, dtype: str = "bfloat16") -> None:
     prompts = prompt_set_hash([p.text for p in load_prompts(PROMPTS_FILE)])
     rows = [
         dict(model=model, dictionary=dictionary, latent=k, grader="mockllm/model", target=target, prompts=prompts,
-             max_tokens=8, temperature=0.6, top_p=1.0, repetition_penalty=1.1, calibration_trials=10,
+             max_tokens=8, temperature=0.6, top_p=1.0, repetition_penalty=1.1, calibration_trials=TaskArgs.calibration_trials,
+             calibration=f"{METHOD}x{TaskArgs.calibration_rounds}", dtype=dtype, engine="hf",
              threshold=v, trials=3, score=target, history=[])  # fmt: skip
         for k, v in thresholds.items()
     ]
@@ -84,11 +87,11 @@ def orthonormal_relu_sae(folder, d_sae: int = 16):
 
 def test_detector_ablation_reads_zero_at_the_layer(tiny_model_dir, tmp_path):
     sae_dir = orthonormal_relu_sae(tmp_path / "ortho")
-    lm = load_engine(str(tiny_model_dir), str(sae_dir))
+    lm = load_engine(str(tiny_model_dir), str(sae_dir), dtype="float32")  # an exact zero: float32
     detectors = [5, 6, 7]
     (tmp_path / "det.json").write_text(json.dumps({"dictionary": lm.dictionary_id, "layer": 2, "latents": detectors, "firing_frequency": [0.5] * 16}))
     # cached thresholds: no calibration run (calibration steers without ablation)
-    write_thresholds(tmp_path / "thresholds.jsonl", model_fingerprint(str(tiny_model_dir)), lm.dictionary_id, {1: 3.0, 2: 5.0}, target=0.3)
+    write_thresholds(tmp_path / "thresholds.jsonl", model_fingerprint(str(tiny_model_dir)), lm.dictionary_id, {1: 3.0, 2: 5.0}, target=0.3, dtype="float32")
     seen: list[torch.Tensor] = []
     handle = lm.model.model.layers[2].register_forward_hook(lambda m, a, out: seen.append(lm.dictionary.encode(out if torch.is_tensor(out) else out[0])))
     try:
@@ -96,7 +99,8 @@ def test_detector_ablation_reads_zero_at_the_layer(tiny_model_dir, tmp_path):
         assert (before[:, detectors] > 0).any()  # they fire without ablation
         seen.clear()
         replies = {k: [(50, False)] for k in range(16)}
-        log = run("esr_eval/detector_ablation", tiny_model_dir, sae_dir, tmp_path, keyed_grader(replies), latents=[1, 2], prompts_per_latent=2, detectors=str(tmp_path / "det.json"))
+        log = run("esr_eval/detector_ablation", tiny_model_dir, sae_dir, tmp_path, keyed_grader(replies), model_args={"dtype": "float32"},
+                  latents=[1, 2], prompts_per_latent=2, detectors=str(tmp_path / "det.json"))
     finally:
         handle.remove()
     assert all(s.metadata["ablated"] == detectors for s in log.samples)

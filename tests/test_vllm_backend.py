@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_HIDDEN, write_random_sae
 
 from esr_eval.errors import UsageError
 from esr_eval.steering.backends import vllm as vllm_backend
@@ -22,8 +23,6 @@ from esr_eval.steering.dictionary import DirectionSet, SAEDictionary, load_dicti
 from esr_eval.steering.engine import GenerationRequest
 from esr_eval.steering.hooks import BatchSteering
 from esr_eval.steering.intervention import Intervention
-
-from conftest import TINY_HIDDEN, write_random_sae
 
 PROMPT = [{"role": "user", "content": "Explain how a bicycle works."}]
 OTHER = [{"role": "user", "content": "How do you bake bread?"}]
@@ -46,6 +45,8 @@ def test_vllm_engine_without_vllm_names_the_pip_command(monkeypatch):
     assert "vllm and vllm-lens" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(UsageError, match="vllm-lens, which is not installed"):
         steered_model(engine="vllm", base_url="http://127.0.0.1:9")  # a server needs only the plugin
+    with pytest.raises(UsageError, match=r'pip install "esr-eval\[vllm\]"'):
+        load.load_engine("smollm2-135m", engine="vllm")  # the library path checks too
     assert load._engines == before  # refused before anything loaded
 
 
@@ -66,6 +67,10 @@ def test_vllm_settings_need_the_vllm_engine():
         steered_model(tensor_parallel_size=2)
     with pytest.raises(UsageError, match="engine='vlm' is unknown: use one of hf, vllm"):
         steered_model(engine="vlm")
+    from esr_eval.steering import load
+
+    with pytest.raises(UsageError, match=r"^-M engine='tgi' is unknown: use one of hf, vllm$"):
+        load.load_engine("smollm2-135m", engine="tgi")
     with pytest.raises(UsageError, match="--model-base-url names a vLLM server"):
         steered_model(base_url="http://127.0.0.1:9")
 
@@ -203,13 +208,13 @@ REQUESTS = [
 def hf_engine():
     from esr_eval.steering.backends.hf import SteeredLM
 
-    return SteeredLM.load("smollm2-135m")
+    return SteeredLM.load("smollm2-135m", dtype="float32")  # the tolerances below are fp32's
 
 
 @pytest.fixture(scope="module")
 def vllm_engine():
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    return vllm_backend.VLLMEngine.load("smollm2-135m", max_model_len=2048, max_num_seqs=8)
+    return vllm_backend.VLLMEngine.load("smollm2-135m", dtype="float32", max_model_len=2048, max_num_seqs=8)
 
 
 @pytest.fixture(scope="module")
@@ -304,7 +309,7 @@ def vllm_server():
 
 @on_vllm
 def test_a_vllm_serve_endpoint_steers_each_request_like_the_hf_backend(vllm_server, hf_engine, hf_answers):
-    remote = vllm_backend.VLLMEngine.load("smollm2-135m", base_url=vllm_server)
+    remote = vllm_backend.VLLMEngine.load("smollm2-135m", dtype="float32", base_url=vllm_server)
     assert isinstance(remote.transport, vllm_backend.Server) and remote.transport.model == "smollm2"
     for got, want in zip(remote.generate(REQUESTS), hf_answers):
         assert got.token_ids == want.token_ids and got.text == want.text

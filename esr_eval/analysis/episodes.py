@@ -118,7 +118,7 @@ def run_episodes(
         margs.get("dictionary"),
         margs.get("layer"),
         margs.get("labels"),
-        dtype or margs.get("dtype", "float32"),
+        dtype or margs.get("dtype"),
         device or margs.get("device", "cpu"),
     )
     if engine.dictionary is None:

@@ -1,8 +1,8 @@
 """The threshold cache: jsonl rows {key fields..., threshold, trials, score, history}.
 
 The key holds everything that changes a threshold: the model's weights, the dictionary, the
-latent, the grader and its version, the target, the prompt set, the generation settings and the
-calibration budget. A row written before a key field existed never matches. Writes rewrite the
+latent, the grader and its version, the target, the prompt set, the generation settings, the
+calibration budget and method, and the dtype and engine that generate. A row written before a key field existed never matches. Writes rewrite the
 file atomically under an inter-process lock, so two processes sharing one cache keep both rows;
 a line that does not parse is reported and kept.
 """
@@ -31,6 +31,9 @@ KEY_FIELDS = (
     "top_p",
     "repetition_penalty",
     "calibration_trials",
+    "calibration",  # the search method and its rounds
+    "dtype",
+    "engine",
 )
 
 

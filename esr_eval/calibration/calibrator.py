@@ -1,6 +1,8 @@
-"""Thresholds per latent during an eval: cached, else found by bisection with the evaluated
-model and the grader role. Samples of one latent await one calibration; calibrations of
-different latents run concurrently, so their generations batch."""
+"""Thresholds per latent during an eval: cached, else found in a few rounds of parallel probes
+(`rounds.py`; `method="bisection"` keeps the sequential search) with the evaluated model and the
+grader role. Samples of one latent await one calibration; calibrations of different latents run
+concurrently, and each round probes several boosts at once, so the rows of every latent under
+calibration share the engine's batch."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 import anyio
 from inspect_ai.model import ChatMessageUser, GenerateConfig, Model, get_model
 
+from esr_eval.calibration import rounds as few_rounds
 from esr_eval.calibration.bisection import Bounds, CalibrationResult, bisect_boost
 from esr_eval.calibration.cache import ThresholdCache, prompt_set_hash
 from esr_eval.config import GRADER_ROLE, OFFLINE_GRADER
@@ -19,6 +22,8 @@ from esr_eval.provider import SteeredModelAPI
 from esr_eval.sampling.seeds import derive_seed
 from esr_eval.steering.intervention import Intervention, steering_to_extra_body
 from esr_eval.steering.scale import median_residual_norm, steering_scale
+
+METHODS = ("rounds", "bisection")
 
 
 def resolve_grader() -> Model:
@@ -40,10 +45,16 @@ class Calibrator:
         model: Model | None = None,
         grader: Model | None = None,
         on_trial: Callable[[int, float, float | None], None] | None = None,
+        rounds: int = few_rounds.ROUNDS,
+        method: str = "rounds",
     ) -> None:
         """`generation` holds the GenerateConfig fields of an answer (max_tokens, temperature,
         top_p); `model` and `grader` default to the running eval's model and grader role;
-        `on_trial(latent, boost, score)` reports progress (score None: a judge error)."""
+        `on_trial(latent, boost, score)` reports progress (score None: a judge error). `method` is
+        "rounds" (`rounds` rounds of parallel probes, `max_trials` answers in all) or "bisection"
+        (sequential)."""
+        if method not in METHODS:
+            raise ValueError(f"calibration method {method!r} is unknown: use one of {', '.join(METHODS)}")
         self.api = api
         self.model = model
         self.grader = grader
@@ -55,6 +66,8 @@ class Calibrator:
         self.cache = ThresholdCache(cache_path)
         self.seed = seed
         self.dictionary_id = dictionary_id or api.dictionary_id()
+        self.rounds = rounds
+        self.method = method
         self._running: dict[int, asyncio.Future] = {}
         self._residual_norm: float | None = None
 
@@ -80,7 +93,15 @@ class Calibrator:
             top_p=self.generation.get("top_p", 1.0),
             repetition_penalty=self.api.repetition_penalty,
             calibration_trials=self.max_trials,
+            calibration=self.method_id,
+            dtype=self.api.engine.dtype,
+            engine=self.api.args.engine,
         )
+
+    @property
+    def method_id(self) -> str:
+        """The search and its version, in the cache key: thresholds found another way are not reused."""
+        return f"{few_rounds.METHOD}x{self.rounds}" if self.method == "rounds" else "bisection@1"
 
     async def threshold(self, latent: int, label: str) -> CalibrationResult:
         if latent not in self._running:
@@ -109,7 +130,11 @@ class Calibrator:
                 self.on_trial(latent, boost, score)
             return score
 
-        result = await bisect_boost(first_score, await self.bounds(latent), self.target, self.max_trials)
+        bounds = await self.bounds(latent)
+        if self.method == "rounds":
+            result = await few_rounds.calibrate_in_rounds(first_score, bounds, self.target, self.max_trials, self.rounds)
+        else:
+            result = await bisect_boost(first_score, bounds, self.target, self.max_trials)
         if result.measured:  # a threshold no trial measured is the prior: never cached
             self.cache.put(result, **key)
         return result

@@ -23,8 +23,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     from esr_eval.sampling.prompts import prompt_texts
 
     settings = TaskArgs.parse(
-        dict(target=args.target, calibration_trials=args.trials, max_tokens=args.max_tokens, temperature=args.temperature,
-             top_p=args.top_p, seed=args.seed, n_latents=args.n_latents),
+        dict(target=args.target, calibration_trials=args.trials, calibration_rounds=args.rounds, max_tokens=args.max_tokens,
+             temperature=args.temperature, top_p=args.top_p, seed=args.seed, n_latents=args.n_latents),
         "esr-eval calibrate",
     )
     prompts = prompt_texts(args.prompts)
@@ -44,6 +44,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         calibrator = Calibrator(
             api, prompts, settings.target, settings.calibration_trials, settings.generation(), args.cache, settings.seed,
             model=model, grader=get_model(args.grader), on_trial=lambda k, boost, score: progress.advance(bars[k]),
+            rounds=settings.calibration_rounds, method=args.method,
         )
 
         async def run_all() -> list:
@@ -75,7 +76,9 @@ def add_calibrate(sub) -> None:
     cmd.add_argument("--prompts", help="prompt file (default: the packaged set)")
     cmd.add_argument("--grader", default=OFFLINE_GRADER, help="Inspect model that judges (default: offline grader)")
     cmd.add_argument("--target", type=float, default=d.target)
-    cmd.add_argument("--trials", type=int, default=d.calibration_trials)
+    cmd.add_argument("--trials", type=int, default=d.calibration_trials, help="scored answers per latent, over all rounds")
+    cmd.add_argument("--rounds", type=int, default=d.calibration_rounds, help="sequential rounds (1-4) of parallel probes")
+    cmd.add_argument("--method", default="rounds", choices=["rounds", "bisection"], help="bisection: the older sequential search")
     cmd.add_argument("--max-tokens", type=int, default=d.max_tokens)
     cmd.add_argument("--temperature", type=float, default=d.temperature)
     cmd.add_argument("--top-p", type=float, default=d.top_p)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from esr_eval.config import DEFAULT_MODEL_NAME, ModelArgs
-
-DTYPES = ["float32", "bfloat16", "float16"]
+from esr_eval.config import DEFAULT_MODEL_NAME, DTYPES, ENGINES, ModelArgs
 
 
 def add_model_args(parser: argparse.ArgumentParser, dtype: str = ModelArgs.dtype) -> None:
@@ -15,20 +13,25 @@ def add_model_args(parser: argparse.ArgumentParser, dtype: str = ModelArgs.dtype
     parser.add_argument("--dictionary", help="SAE / direction-set folder, sae-lens RELEASE/SAE_ID or preset")
     parser.add_argument("--layer", type=int, help="override the dictionary's hook layer")
     parser.add_argument("--labels", help="labels file (JSON or CSV, index -> text)")
-    parser.add_argument("--dtype", default=dtype, choices=DTYPES)
+    parser.add_argument("--dtype", default=dtype, choices=DTYPES, help="default: the preset's, else bfloat16 where the hardware has it, float32 on other CPUs")
     parser.add_argument("--device", default=ModelArgs.device)
+    parser.add_argument("--engine", default=ModelArgs.engine, choices=ENGINES)
+    parser.add_argument("--device-map", help='"auto": shard the model over the devices (accelerate)')
+    parser.add_argument("--max-memory", help="per-device cap with --device-map, e.g. 0=70GiB,1=70GiB,cpu=200GiB")
 
 
 def model_args(args: argparse.Namespace) -> dict[str, Any]:
     """The -M arguments of the steered provider that the command line gave."""
-    given = dict(dictionary=args.dictionary, layer=args.layer, labels=args.labels, dtype=args.dtype, device=args.device)
+    given = dict(dictionary=args.dictionary, layer=args.layer, labels=args.labels, dtype=args.dtype, device=args.device,
+                 engine=args.engine, device_map=args.device_map, max_memory=args.max_memory)  # fmt: skip
     return {k: v for k, v in given.items() if v is not None}
 
 
 def engine_from(args: argparse.Namespace):
     from esr_eval.steering.load import load_engine
 
-    return load_engine(args.model, args.dictionary, args.layer, args.labels, args.dtype, args.device)
+    a = ModelArgs.parse(model_args(args))
+    return load_engine(args.model, a.dictionary, a.layer, a.labels, a.dtype, a.device, a.engine, **a.backend_args())
 
 
 def console():

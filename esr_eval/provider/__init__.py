@@ -1,8 +1,10 @@
 """Inspect model provider `steered/<preset | hub id | path>` over a steering engine.
 
-Concurrent `generate()` calls queue up and run as one batched forward pass off the event loop;
-each request's steering comes from `config.extra_body` (so it is logged and in the cache key).
-Model args (`-M`) are `config.ModelArgs`; a misspelt one is refused before anything loads.
+Each `generate()` call streams its request into the engine's running batch (it joins between
+decode steps, in the engine's worker thread, off the event loop), so concurrent samples share
+forward passes without waiting for the longest row. Each request's steering comes from
+`config.extra_body` (so it is logged and in the cache key). Model args (`-M`) are
+`config.ModelArgs`; a misspelt one, or an unknown engine, is refused before anything loads.
 """
 
 from __future__ import annotations
@@ -23,10 +25,9 @@ from inspect_ai.tool import ToolChoice, ToolInfo
 
 from esr_eval.config import GENERATION, PROVIDER, PROVIDER_MAX_TOKENS, ModelArgs
 from esr_eval.errors import UsageError
-from esr_eval.provider.batcher import Batcher
 from esr_eval.steering.engine import GenerationRequest, SteeringEngine
 from esr_eval.steering.intervention import steering_from_extra_body
-from esr_eval.steering.load import load_engine
+from esr_eval.steering.load import load_engine, preflight
 from esr_eval.steering.models import model_fingerprint
 from esr_eval.steering.presets import get_preset
 
@@ -46,17 +47,13 @@ class SteeredModelAPI(ModelAPI):
     ) -> None:
         super().__init__(model_name=model_name, base_url=base_url, api_key=api_key, config=config)
         self.args = ModelArgs.parse(model_args)
-        if self.args.engine == "vllm":
-            from esr_eval.steering.backends.vllm import preflight
-
-            preflight(self.args.tensor_parallel_size, self.args.pipeline_parallel_size, self.base_url)
-        elif self.base_url is not None:
+        if self.args.engine == "hf" and self.base_url is not None:
             raise UsageError("--model-base-url names a vLLM server: add -M engine=vllm (the HF engine runs in process)")
+        preflight(self.args.engine, self.args.backend_args(self.base_url))  # before any weights load
         self.source = model_name
         preset = get_preset(model_name)
         default_penalty = preset.repetition_penalty if preset else GENERATION.repetition_penalty
         self.repetition_penalty = self.args.repetition_penalty if self.args.repetition_penalty is not None else default_penalty
-        self._batchers: dict[int, Batcher] = {}
 
     @functools.cached_property
     def model_key(self) -> str:
@@ -69,7 +66,9 @@ class SteeredModelAPI(ModelAPI):
     def engine(self) -> SteeringEngine:
         """Loaded on first use (Inspect may build a provider only to read its info)."""
         a = self.args
-        return load_engine(self.source, a.dictionary, a.layer, a.labels, a.dtype, a.device, a.engine, **a.vllm_args(self.base_url))
+        engine = load_engine(self.source, a.dictionary, a.layer, a.labels, a.dtype, a.device, a.engine, **a.backend_args(self.base_url))
+        engine.max_batch_size = a.max_batch_size
+        return engine
 
     def dictionary_id(self) -> str | None:
         return self.engine.dictionary_id
@@ -77,11 +76,10 @@ class SteeredModelAPI(ModelAPI):
     def max_tokens(self) -> int | None:
         return PROVIDER_MAX_TOKENS
 
-    def _batcher(self) -> Batcher:
-        loop_id = id(asyncio.get_running_loop())
-        if loop_id not in self._batchers:
-            self._batchers = {loop_id: Batcher(self.engine, self.args.max_batch_size)}
-        return self._batchers[loop_id]
+    def max_connections(self) -> int:
+        """Enough concurrent samples to fill the engine's batch (used with --max-connections unset
+        and adaptive concurrency off)."""
+        return max(self.args.max_batch_size, 1)
 
     def request_from(self, input: list[ChatMessage], config: GenerateConfig) -> GenerationRequest:
         interventions, dictionary = steering_from_extra_body(config.extra_body)
@@ -105,7 +103,7 @@ class SteeredModelAPI(ModelAPI):
         tool_choice: ToolChoice,
         config: GenerateConfig,
     ) -> ModelOutput:
-        result = await self._batcher().submit(self.request_from(input, config))
+        result = await asyncio.wrap_future(self.engine.submit(self.request_from(input, config)))
         output = ModelOutput.from_content(model=self.model_name, content=result.text, stop_reason=result.stop_reason)
         output.usage = ModelUsage(
             input_tokens=result.prompt_tokens,

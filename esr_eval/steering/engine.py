@@ -1,12 +1,16 @@
-"""The engine interface every backend implements: batched steered generation (a different set of
-interventions per request) and the read-outs that latent sampling, calibration, detectors and
-episodes use (`esr_eval.steering.load` builds engines).
+"""The engine interface every backend implements: batched steered generation (any number of add
+and clamp interventions per request, a different set per request), streamed requests that join a
+running batch, and the read-outs that latent sampling, calibration, detectors and episodes use
+(`esr_eval.steering.load` builds engines). Tensors may be torch; nothing here names a backend.
 """
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -48,14 +52,89 @@ def render_prompt_ids(tokenizer: Any, messages: list[Message], chat_template: bo
     return tokenizer(text + "\n\n", add_special_tokens=True)["input_ids"]
 
 
+class RequestQueue:
+    """Requests waiting for an engine's worker thread, each with the future its caller awaits.
+
+    The worker (`serve(queue)`, started on the first submit) takes requests between its steps and
+    returns when `take` reports the queue idle; the next submit starts a new one."""
+
+    def __init__(self, serve: Callable[["RequestQueue"], None], idle_s: float = 2.0, name: str = "steering-engine") -> None:
+        self._serve = serve
+        self._items: deque[tuple[GenerationRequest, Future]] = deque()
+        self._ready = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self.idle_s = idle_s
+        self.name = name
+
+    def submit(self, request: GenerationRequest) -> Future:
+        future: Future = Future()
+        with self._ready:
+            self._items.append((request, future))
+            self._ready.notify()
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._serve, args=(self,), name=self.name, daemon=True)
+                self._worker.start()
+        return future
+
+    def take(self, limit: int, wait: bool) -> list[tuple[GenerationRequest, Future]] | None:
+        """Up to `limit` waiting requests whose callers still wait for them. With `wait` (the worker
+        has nothing running) block for the first; None tells the worker to stop (idle)."""
+        with self._ready:
+            if wait and not self._items:
+                self._ready.wait_for(lambda: bool(self._items), timeout=self.idle_s)
+                if not self._items:
+                    self._worker = None
+                    return None
+            taken = []
+            while self._items and len(taken) < limit:
+                request, future = self._items.popleft()
+                if future.set_running_or_notify_cancel():  # a cancelled sample is dropped here
+                    taken.append((request, future))
+            return taken
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def settle(future: Future, outcome: "GenerationResult | BaseException") -> None:
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
 class SteeringEngine(ABC):
-    """A causal LM with a feature dictionary at one layer, steered per request."""
+    """A causal LM with a feature dictionary at one layer, steered per request.
+
+    A backend implements `generate` (a list of requests, answers in order) and the read-outs;
+    `submit` streams single requests into a running batch. The default `submit` runs whatever is
+    queued through `generate` in a worker thread; a backend with continuous batching (rows join
+    and leave between decode steps) overrides it."""
 
     name: str
     layer: int
     tokenizer: Any
     dictionary: FeatureDictionary | None
     extra_dictionaries: dict[str, FeatureDictionary]
+    dtype: str  # the weights' dtype ("bfloat16"): answers, hence thresholds, depend on it
+    max_batch_size: int = 64  # rows in flight for submitted requests (the provider sets -M max_batch_size)
+
+    @classmethod
+    def load(
+        cls,
+        source: str,
+        dictionary: str | None = None,
+        layer: int | None = None,
+        labels: str | None = None,
+        dtype: str | None = None,
+        device: str = "cpu",
+        **backend_args: Any,
+    ) -> "SteeringEngine":
+        """Build the engine from a preset name, hub id, folder or GGUF file and a dictionary spec
+        (`esr_eval.steering.load.load_engine` calls it once per configuration). `dtype` None: the
+        preset's (`Preset.placement`), else `steering.models.resolve_dtype`'s. `backend_args` are the backend's
+        own -M args (`ModelArgs.backend_args()`)."""
+        raise NotImplementedError(f"{cls.__name__} does not implement load")
 
     @staticmethod
     def dictionary_key(dictionary: FeatureDictionary) -> str:
@@ -85,7 +164,26 @@ class SteeringEngine(ABC):
 
     @abstractmethod
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        """Answers in request order; each row with its own steering, seed and settings."""
+        """Answers in request order; each row with its own steering, seed and settings. A row gives
+        the same tokens alone or in any batch."""
+
+    def submit(self, request: GenerationRequest) -> Future:
+        """Queue one request; the future resolves to its GenerationResult (or its error)."""
+        queue = self.__dict__.get("_queue")
+        if queue is None:
+            queue = self.__dict__.setdefault("_queue", RequestQueue(self._serve))
+        return queue.submit(request)
+
+    def _serve(self, queue: RequestQueue) -> None:
+        """The worker thread. By default whatever is queued runs as one `generate` call; a backend
+        with continuous batching lets requests join between its decode steps instead."""
+        while (taken := queue.take(self.max_batch_size, wait=True)) is not None:
+            try:
+                results = self.generate([request for request, _ in taken])
+            except Exception as err:  # every caller in the batch sees the failure
+                results = [err] * len(taken)
+            for (_, future), outcome in zip(taken, results):
+                settle(future, outcome)
 
     @abstractmethod
     def prompt_residuals(self, prompts: Sequence[list[Message]], skip: int = 2) -> list[Any]:

@@ -57,10 +57,11 @@ class ClampGroup:
     values: torch.Tensor  # [R, U]
 
     def apply(self, h: torch.Tensor) -> torch.Tensor:
-        f = self.dictionary.encode(h[self.rows].float())[..., self.latents]  # [R, T, U]
+        rows = self.rows.to(h.device)
+        f = self.dictionary.encode(h[rows].to(self.mask.device, torch.float32))[..., self.latents]  # [R, T, U]
         delta = torch.where(self.mask[:, None, :], self.values[:, None, :] - f, 0.0)
         h = h.clone()
-        h[self.rows] += (delta @ self.dictionary.W_dec[self.latents].float()).to(h.dtype)
+        h[rows] += (delta @ self.dictionary.W_dec[self.latents].float()).to(h.device, h.dtype)
         return h
 
 
@@ -118,6 +119,8 @@ class BatchSteering:
         for group in self.clamps:
             h = group.apply(h)
         if self.add is not None:
+            if self.add.device != h.device:  # a sharded model: the layer sits on another device
+                self.add = self.add.to(h.device)
             h = h + self.add[:, None, :]
         return h
 

@@ -1,16 +1,43 @@
-"""Building engines: one per configuration per process, from a preset, hub id, folder or GGUF."""
+"""Building engines: one per configuration per process, from a preset, hub id, folder or GGUF, on
+the backend `-M engine=` names (hf: Hugging Face transformers, in process; vllm: vLLM with
+vllm-lens, an optional extra imported only when asked for). Every backend is a `SteeringEngine`
+built by its class's `load`."""
 
 from __future__ import annotations
 
 import threading
+from typing import Any
 
-from esr_eval.steering.backends.hf import SteeredLM
+from esr_eval.config import check_engine
 from esr_eval.steering.engine import SteeringEngine
-from esr_eval.steering.models import apply_adapter, load_causal_lm
-from esr_eval.steering.presets import get_preset
 
 _engines: dict[tuple, SteeringEngine] = {}
 _engines_lock = threading.Lock()
+
+
+def engine_class(engine: str = "hf") -> type[SteeringEngine]:
+    """The backend's engine class; a one-line UsageError for an unknown name, before anything loads.
+    Importing a backend module imports no engine library (vLLM loads inside `VLLMEngine.load`)."""
+    check_engine(engine)
+    if engine == "vllm":
+        from esr_eval.steering.backends.vllm import VLLMEngine
+
+        return VLLMEngine
+    from esr_eval.steering.backends.hf import SteeredLM
+
+    return SteeredLM
+
+
+def preflight(engine: str, backend_args: dict[str, Any]) -> None:
+    """Every check of an engine configuration that needs no model (unknown name; for vllm: parallel
+    sizes against the devices, then missing packages, naming the pip command)."""
+    check_engine(engine)
+    if engine == "vllm":
+        from esr_eval.steering.backends.vllm import preflight as vllm_preflight
+
+        vllm_preflight(
+            backend_args.get("tensor_parallel_size", 1), backend_args.get("pipeline_parallel_size", 1), backend_args.get("base_url")
+        )
 
 
 def load_engine(
@@ -18,31 +45,33 @@ def load_engine(
     dictionary: str | None = None,
     layer: int | None = None,
     labels: str | None = None,
-    dtype: str = "float32",
+    dtype: str | None = None,
     device: str = "cpu",
     engine: str = "hf",
-    **vllm_args,
+    **backend_args: Any,
 ) -> SteeringEngine:
-    """One engine per (model, dictionary, layer, labels, dtype, device, engine and its
-    settings) per process. `vllm_args`: `VLLMEngine.load`'s keywords (`ModelArgs.vllm_args`)."""
-    key = (model, dictionary, None if layer is None else int(layer), labels, dtype, device, engine, tuple(sorted(vllm_args.items())))
+    """One engine per (backend, model, dictionary, layer, labels, dtype, device, backend args) per
+    process. `backend_args` go to the backend's `load` (`ModelArgs.backend_args`: hf: device_map,
+    max_memory; vllm: parallel sizes, max_model_len, max_num_seqs, base_url)."""
+    cls = engine_class(engine)
+    key = (engine, model, dictionary, None if layer is None else int(layer), labels, dtype, device, repr(sorted(backend_args.items())))
     with _engines_lock:
         if key not in _engines:
-            if engine == "vllm":
-                from esr_eval.steering.backends.vllm import VLLMEngine
-
-                _engines[key] = VLLMEngine.load(model, dictionary, layer, labels, dtype, device, **vllm_args)
-            else:
-                _engines[key] = SteeredLM.load(model, dictionary, layer, labels, dtype, device)
+            _engines[key] = cls.load(model, dictionary, layer, labels, dtype, device, **backend_args)
         return _engines[key]
 
 
-def load_unsteered_engine(model: str, dtype: str = "bfloat16", device: str = "cpu") -> SteeringEngine:
+def load_unsteered_engine(model: str, dtype: str | None = None, device: str = "cpu") -> SteeringEngine:
     """An engine with no dictionary, for unsteered answers (a preset's SAE is not loaded)."""
+    from esr_eval.steering.backends.hf import SteeredLM
+    from esr_eval.steering.models import apply_adapter, load_causal_lm, resolve_dtype
+    from esr_eval.steering.presets import get_preset
+
     preset = get_preset(model)
     if preset is None:
         return load_engine(model, dtype=dtype, device=device)
-    lm, tokenizer = load_causal_lm(preset.model_source(), dtype=dtype, device=device)
+    device_map, dtype = preset.placement(None, dtype, device)
+    lm, tokenizer = load_causal_lm(preset.model_source(), dtype=resolve_dtype(dtype, device_map or device), device=device, device_map=device_map)
     if preset.adapter:
         lm = apply_adapter(lm, preset.adapter)
     return SteeredLM(lm, tokenizer, None, name=model, chat_template=preset.chat_template)

@@ -28,6 +28,41 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def resolve_dtype(dtype: str | torch.dtype | None, placement: str | dict | None = "cpu") -> torch.dtype:
+    """The dtype asked for, else the default: bfloat16 (config.DEFAULT_DTYPE) where the hardware
+    computes in it, float16 on a GPU without bfloat16, and float32 on a CPU without bfloat16
+    instructions (AVX512-BF16 or AMX), where bfloat16 matmuls are emulated: measured 5.6x slower
+    than float32 on a 2-core AVX2 machine (docs/notes/engine.md)."""
+    from esr_eval.config import DEFAULT_DTYPE
+
+    if dtype is not None:
+        return parse_dtype(dtype)
+    gpu = isinstance(placement, dict) or str(placement).startswith("cuda") or placement == "auto"
+    if gpu and torch.cuda.is_available():
+        return parse_dtype(DEFAULT_DTYPE) if torch.cuda.is_bf16_supported() else torch.float16
+    return parse_dtype(DEFAULT_DTYPE) if cpu_has_bf16() else torch.float32
+
+
+def cpu_has_bf16() -> bool:
+    """The CPU has bfloat16 instructions (AVX512-BF16 or AMX tiles)."""
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(check() for check in checks if check is not None)
+
+
+def execution_device(module: torch.nn.Module) -> torch.device:
+    """Where a module computes: accelerate's execution device when the model was dispatched with
+    a device_map (its weights may be offloaded elsewhere), else the device of its parameters."""
+    hook = getattr(module, "_hf_hook", None)
+    for h in [hook, *getattr(hook, "hooks", [])]:
+        device = getattr(h, "execution_device", None)
+        if device is not None:
+            return torch.device(f"cuda:{device}" if isinstance(device, int) else device)
+    for param in module.parameters():
+        if param.device.type != "meta":
+            return param.device
+    return torch.device("cpu")
+
+
 def package_file(package: str, filename: str, install: str) -> Path:
     """A file shipped inside an installed (never imported) PyPI package."""
     spec = importlib.util.find_spec(package)
@@ -67,14 +102,14 @@ def _gguf_cache_folder(gguf_path: Path) -> Path:
     return cache_dir() / "models" / f"{gguf_path.stem}-{key}"
 
 
-def _load_gguf(gguf_path: Path, dtype: torch.dtype):
+def _load_gguf(gguf_path: Path, dtype: torch.dtype, placement: dict | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from esr_eval.files import atomic_directory
 
     folder = _gguf_cache_folder(gguf_path)
     if (folder / "config.json").exists():
-        return _load_folder(str(folder), dtype)
+        return _load_folder(str(folder), dtype, placement)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     # save_pretrained refuses a quantizer-tagged model; the weights are already dequantised.
@@ -86,15 +121,18 @@ def _load_gguf(gguf_path: Path, dtype: torch.dtype):
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
     except OSError:
-        pass  # a read-only cache only costs speed
-    return model.to(dtype), tokenizer
+        if placement:
+            raise OSError(f"cannot write {folder}: a device_map needs the dequantised folder; set ESR_EVAL_CACHE to a writable folder") from None
+        return model.to(dtype), tokenizer  # a read-only cache only costs speed
+    del model
+    return _load_folder(str(folder), dtype, placement)
 
 
-def _load_folder(name_or_path: str, dtype: torch.dtype):
+def _load_folder(name_or_path: str, dtype: torch.dtype, placement: dict | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **(placement or {}))
     return model, tokenizer
 
 
@@ -114,19 +152,35 @@ def plain_folder(source: str | Path) -> str:
     return str(folder)
 
 
-def load_causal_lm(source: str | Path, dtype: str | torch.dtype = "float32", device: str = "cpu"):
-    """(model, tokenizer) in eval mode, left padding, with a pad token."""
+def load_causal_lm(
+    source: str | Path,
+    dtype: str | torch.dtype = "float32",
+    device: str = "cpu",
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+):
+    """(model, tokenizer) in eval mode, left padding, with a pad token. With a `device_map`
+    ("auto", "balanced", "sequential" or module -> device) accelerate places the layers over the
+    devices (GPUs first, then CPU, then disk), each device holding at most its `max_memory`;
+    without one the whole model goes to `device`."""
     dtype = parse_dtype(dtype)
+    if max_memory and device_map is None:
+        device_map = "auto"
+    placement: dict = {}
+    if device_map is not None:
+        placement = {"device_map": device_map, "max_memory": max_memory, "offload_folder": str(cache_dir() / "offload" / Path(str(source)).name)}
     path = Path(os.path.expanduser(str(source)))
     if path.suffix == ".gguf":
         if not path.exists():
             raise FileNotFoundError(f"GGUF file {path} does not exist: check the path")
-        model, tokenizer = _load_gguf(path, dtype)
+        model, tokenizer = _load_gguf(path, dtype, placement)
     elif path.is_dir() or not str(source).startswith((".", "/", "~")):
-        model, tokenizer = _load_folder(str(path) if path.is_dir() else str(source), dtype)
+        model, tokenizer = _load_folder(str(path) if path.is_dir() else str(source), dtype, placement)
     else:
         raise FileNotFoundError(f"model {source} is neither a folder, a .gguf file nor a hub id: check the path")
-    model.to(device).eval()
+    if device_map is None:
+        model.to(device)
+    model.eval()
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -39,10 +39,20 @@ class Preset:
     chat_template: bool = True
     repetition_penalty: float = 1.1
     notes: str = ""
+    device_map: str | None = None  # "auto": accelerate spreads the layers over the GPUs (then CPU)
+    dtype: str | None = None  # None: steering.models.resolve_dtype (bf16 where the hardware has it)
+    memory_gb: float | None = None  # accelerator memory the preset needs: weights + SAE + KV cache of a 16-row batch
     adapter: str | None = None  # a shipped LoRA adapter folder merged into the model on load
 
     def model_source(self) -> str:
         return self.model() if callable(self.model) else self.model
+
+    def placement(self, device_map: str | dict | None, dtype: str | None, device: str = "cpu") -> tuple[str | dict | None, str | None]:
+        """(device_map, dtype): the user's where given, else the preset's. A preset's device_map
+        stands aside when the user names a device (-M device=cuda:1) instead."""
+        if device_map is None and device == "cpu":
+            device_map = self.device_map
+        return device_map, dtype or self.dtype
 
     def model_key(self) -> str:
         """The preset's identity for caches: its name, plus a hash of its adapter's weights."""
@@ -52,6 +62,8 @@ class Preset:
 
         return f"{self.name}#{model_fingerprint(self.adapter).split('#')[-1]}"
 
+
+PAPER_PLACEMENT = {"device_map": "auto", "dtype": "bfloat16"}  # the paper's models: sharded over the accelerators, bf16
 
 PRESETS: dict[str, Preset] = {
     p.name: p
@@ -75,25 +87,38 @@ PRESETS: dict[str, Preset] = {
             "gemma-2-2b-it",
             "google/gemma-2-2b-it",
             "gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical",
-            notes="Needs network and Neuronpedia labels (-M labels=FILE). Gemma Scope latents may need boosts in the hundreds.",
+            notes="Needs network and Neuronpedia labels (-M labels=FILE). Gemma Scope latents may need boosts in the hundreds. "
+            "About 8 GB of accelerator memory (bf16 weights 5.2 GB, SAE 0.3 GB, KV cache 1.5 GB): one 16 GB GPU.",
+            **PAPER_PLACEMENT,
+            memory_gb=8,
         ),
         Preset(
             "gemma-2-9b-it",
             "google/gemma-2-9b-it",
             "gemma-scope-9b-it-res-canonical/layer_20/width_16k/canonical",
-            notes="Needs network and Neuronpedia labels (-M labels=FILE).",
+            notes="Needs network and Neuronpedia labels (-M labels=FILE). About 24 GB of accelerator memory "
+            "(bf16 weights 18.5 GB, SAE 0.5 GB, KV cache 5 GB): one 40 GB GPU, or two 24 GB GPUs with device_map=auto.",
+            **PAPER_PLACEMENT,
+            memory_gb=24,
         ),
         Preset(
             "llama-3.1-8b-instruct",
             "meta-llama/Llama-3.1-8B-Instruct",
             "goodfire-llama-3.1-8b-instruct/layer_19",
-            notes="Needs network; Goodfire SAE at layer 19. Labels from Goodfire/Neuronpedia (-M labels=FILE).",
+            notes="Needs network; Goodfire SAE at layer 19. Labels from Goodfire/Neuronpedia (-M labels=FILE). About 20 GB of "
+            "accelerator memory (bf16 weights 16 GB, SAE 2.1 GB, KV cache 2 GB): one 24 GB GPU.",
+            **PAPER_PLACEMENT,
+            memory_gb=20,
         ),
         Preset(
             "llama-3.3-70b-instruct",
             "meta-llama/Llama-3.3-70B-Instruct",
             "goodfire-llama-3.3-70b-instruct/layer_50",
-            notes="Needs network and about 140 GB of accelerator memory (device_map=auto); Goodfire SAE at layer 50.",
+            notes="Needs network; Goodfire SAE at layer 50. About 150 GB of accelerator memory (bf16 weights 141 GB, SAE 4.3 GB, "
+            "KV cache 5 GB): two 80 GB GPUs with device_map=auto (the default here; -M max_memory=0=75GiB,1=75GiB,cpu=200GiB "
+            "caps each), or -M engine=vllm -M tensor_parallel_size=2.",
+            **PAPER_PLACEMENT,
+            memory_gb=150,
         ),
     ]
 }

@@ -8,22 +8,31 @@ token budget and seed (a row samples the same tokens alone or in any batch).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Sequence
 
 import torch
 
+from esr_eval.steering.backends.hf_batch import DecodeBatch, Row, cache_can_merge
 from esr_eval.steering.dictionary import FeatureDictionary, load_dictionary
 from esr_eval.steering.engine import (
     GenerationRequest,
     GenerationResult,
     Message,
+    RequestQueue,
     SteeringEngine,
     render_prompt_ids,
+    settle,
 )
 from esr_eval.steering.hooks import BatchSteering, ResidualHooks, decoder_layers
 from esr_eval.steering.intervention import Intervention
-from esr_eval.steering.models import apply_adapter, load_causal_lm, parse_dtype
+from esr_eval.steering.models import (
+    apply_adapter,
+    execution_device,
+    load_causal_lm,
+    resolve_dtype,
+)
 from esr_eval.steering.presets import get_preset, resolve_model
 
 
@@ -47,14 +56,17 @@ class SteeredLM(SteeringEngine):
             if layer is not None:
                 dictionary.layer = int(layer)
             dictionary.check_fits(hidden, len(layers))
-            param = next(model.parameters())
-            dictionary.to(param.device, torch.float32)
             self.layer = dictionary.layer
         else:
             self.layer = int(layer) if layer is not None else len(layers) * 3 // 5
             if not 0 <= self.layer < len(layers):
                 raise ValueError(f"layer {self.layer} is outside the model (0..{len(layers) - 1}): pass -M layer=N inside it")
+        self.layer_device = execution_device(layers[self.layer])  # a sharded model: where the hooked layer runs
+        self.input_device = execution_device(model.get_input_embeddings())
+        if dictionary is not None:
+            dictionary.to(self.layer_device, torch.float32)
         self.hooks = ResidualHooks(layers[self.layer])
+        self.dtype = str(self._dtype()).removeprefix("torch.")
         self.extra_dictionaries: dict[str, FeatureDictionary] = {}
         self.use_chat_template = chat_template and tokenizer.chat_template is not None
         params = inspect.signature(model.forward).parameters
@@ -73,15 +85,23 @@ class SteeredLM(SteeringEngine):
         dictionary: str | None = None,
         layer: int | None = None,
         labels: str | None = None,
-        dtype: str = "float32",
+        dtype: str | None = None,
         device: str = "cpu",
+        device_map: str | dict | None = None,
+        max_memory: dict | None = None,
     ) -> "SteeredLM":
         """`source` is a preset name, a hub id, a folder or a .gguf file; `dictionary` a preset
-        name, a folder or a sae-lens RELEASE/SAE_ID (a preset brings its own)."""
+        name, a folder or a sae-lens RELEASE/SAE_ID (a preset brings its own). `device_map`
+        ("auto", or module -> device) with optional `max_memory` (device -> size) shards the model
+        over several devices with accelerate; a preset may choose them (see `Preset`)."""
+        preset = get_preset(source)
+        if preset is not None:
+            device_map, dtype = preset.placement(device_map, dtype, device)
         model_source, dict_spec, layer, chat_template = resolve_model(source, dictionary, layer)
         feature_dict = load_dictionary(dict_spec, layer=layer, labels=labels) if dict_spec else None
-        model, tokenizer = load_causal_lm(model_source, dtype=parse_dtype(dtype), device=device)
-        preset = get_preset(source)
+        model, tokenizer = load_causal_lm(
+            model_source, dtype=resolve_dtype(dtype, device_map or device), device=device, device_map=device_map, max_memory=max_memory
+        )
         if preset and preset.adapter:
             model = apply_adapter(model, preset.adapter)
         return cls(model, tokenizer, feature_dict, layer=layer, name=source, chat_template=chat_template)
@@ -91,7 +111,7 @@ class SteeredLM(SteeringEngine):
         if dictionary.layer != self.layer:
             raise ValueError(f"dictionary {dictionary.name!r} is at layer {dictionary.layer}, the model steers layer {self.layer}: build it at that layer")
         dictionary.check_fits(int(self.model.config.get_text_config().hidden_size), len(decoder_layers(self.model)))
-        dictionary.to(next(self.model.parameters()).device, torch.float32)
+        dictionary.to(self.layer_device, torch.float32)
         key = self.dictionary_key(dictionary)
         self.extra_dictionaries[key] = dictionary
         return key
@@ -108,8 +128,7 @@ class SteeredLM(SteeringEngine):
         for b, r in enumerate(rows):
             ids[b, width - len(r) :] = torch.tensor(r, dtype=torch.long)
             mask[b, width - len(r) :] = 1
-        device = next(self.model.parameters()).device
-        return ids.to(device), mask.to(device)
+        return ids.to(self.input_device), mask.to(self.input_device)
 
     def _forward(self, ids, mask, positions, cache, last_only: bool):
         kwargs = {self._cache_kwarg: cache, "use_cache": cache is not None}
@@ -121,78 +140,136 @@ class SteeredLM(SteeringEngine):
         return next(self.model.parameters()).dtype
 
     # ---------------------------------------------------------------- generation
-    @torch.inference_mode()
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+    def _check(self, request: GenerationRequest) -> FeatureDictionary | None:
+        """The request's dictionary; raises for an unknown dictionary or latent before any work."""
+        dictionary = self.resolve_dictionary(request.dictionary)
+        BatchSteering.build([request.interventions], [dictionary], self._dtype())
+        return dictionary
+
+    def _row(self, request: GenerationRequest, done) -> Row:
+        seed = request.seed if request.seed is not None else torch.seed()
+        return Row(request, self.prompt_ids(request.messages), self._check(request), torch.Generator(device="cpu").manual_seed(seed), done)
+
+    def _prefill(self, rows: list[Row]) -> DecodeBatch:
         from transformers import DynamicCache
 
-        if not requests:
-            return []
-        prompts = [self.prompt_ids(r.messages) for r in requests]
+        prompts = [r.prompt for r in rows]
         ids, mask = self._left_pad(prompts)
-        device = ids.device
-        B = len(requests)
-        dictionaries = [self.resolve_dictionary(r.dictionary) for r in requests]
-        steering = BatchSteering.build([r.interventions for r in requests], dictionaries, self._dtype())
-        budgets = torch.tensor([r.max_new_tokens for r in requests], device=device)
-        temps = torch.tensor([r.temperature for r in requests], dtype=torch.float32, device=device)
-        top_ps = torch.tensor([r.top_p for r in requests], dtype=torch.float32, device=device)
-        penalties = torch.tensor([r.repetition_penalty for r in requests], dtype=torch.float32, device=device)[:, None]
-        gens = [torch.Generator(device="cpu").manual_seed(r.seed if r.seed is not None else torch.seed()) for r in requests]
-        eos = self.eos_ids.to(device)
-
-        vocab = self.model.get_output_embeddings().weight.shape[0]
-        seen = torch.zeros(B, vocab, dtype=torch.bool, device=device)
-        seen.scatter_(1, ids.clamp(max=vocab - 1), mask.bool())
-        out_tokens = torch.zeros(B, int(budgets.max()), dtype=torch.long, device=device)
-        lengths = torch.zeros(B, dtype=torch.long, device=device)
-        done = budgets <= 0
-        stopped = torch.zeros(B, dtype=torch.bool, device=device)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         cache = DynamicCache(config=self.model.config)
+        steering = BatchSteering.build([r.request.interventions for r in rows], [r.dictionary for r in rows], self._dtype())
         with self.hooks.active(steering):
-            logits = self._forward(ids, mask, positions, cache, last_only=True).logits[:, -1].float()
-            for step in range(int(budgets.max())):
-                if bool(done.all()):
-                    break
-                nxt = self._sample(logits, seen, penalties, temps, top_ps, gens)
-                nxt = torch.where(done, torch.full_like(nxt, self.tokenizer.pad_token_id), nxt)
-                out_tokens[:, step] = nxt
-                lengths += (~done).long()
-                seen[torch.arange(B, device=device), nxt] |= ~done
-                hit_eos = torch.isin(nxt, eos) & ~done
-                stopped |= hit_eos
-                done = done | hit_eos | (lengths >= budgets)
-                if bool(done.all()):
-                    break
-                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-                positions = positions[:, -1:] + 1
-                logits = self._forward(nxt[:, None], mask, positions, cache, last_only=True).logits[:, -1].float()
-        results = []
-        for b in range(B):
-            toks = out_tokens[b, : int(lengths[b])].tolist()
-            body = toks[:-1] if stopped[b] else toks
-            text = self.tokenizer.decode(body, skip_special_tokens=True).strip()
-            results.append(
-                GenerationResult(text, len(prompts[b]), len(toks), "stop" if stopped[b] else "max_tokens", toks)
-            )
-        return results
+            logits = self._forward(ids, mask, positions, cache, last_only=True).logits[:, -1]
+        return DecodeBatch(rows, cache, mask, logits, prompts)
 
-    @staticmethod
-    def _sample(logits, seen, penalties, temps, top_ps, gens) -> torch.Tensor:
-        # repetition penalty (CTRL / Hugging Face convention) on every token seen so far
-        penalised = torch.where(logits > 0, logits / penalties, logits * penalties)
-        logits = torch.where(seen, penalised, logits)
-        greedy = logits.argmax(-1)
-        probs = torch.softmax(logits / temps.clamp_min(1e-5)[:, None], dim=-1)
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        drop = (sorted_p.cumsum(-1) - sorted_p) > top_ps[:, None]
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        out = greedy.clone()
-        for b, gen in enumerate(gens):
-            if temps[b] > 0:
-                pick = torch.multinomial(sorted_p[b].cpu(), 1, generator=gen)
-                out[b] = order[b, pick.to(order.device)].squeeze()
-        return out
+    def _decode(self, batch: DecodeBatch) -> None:
+        """One step: feed each row's pending token. The hooks hold this batch's steering only
+        for the step, so a read-out in another thread waits for the step, never interleaves."""
+        batch.mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :1])], dim=1)
+        positions = batch.next_position[:, None].to(batch.mask.device)
+        tokens = batch.pending[:, None].to(batch.mask.device)
+        with self.hooks.active(batch.steering(self._dtype())):
+            batch.logits = self._forward(tokens, batch.mask, positions, batch.cache, last_only=True).logits[:, -1].float()
+        batch.next_position = batch.next_position + 1
+        batch.pending = None
+
+    def _step(self, batch: DecodeBatch | None, joining: list[Row]) -> DecodeBatch | None:
+        """Decode the running rows, let `joining` rows in, sample, and hand out finished rows."""
+        if batch is not None and len(batch):
+            self._decode(batch)
+        if joining:
+            new = self._prefill(joining)
+            if batch is None or not len(batch):
+                batch = new
+            else:
+                batch.merge(new)
+        if batch is None or not len(batch):
+            return None
+        for row, result in batch.sample(self.eos_ids, self._decode_text):
+            row.finish(result)
+        return batch
+
+    def _decode_text(self, tokens: list[int], skip_special: bool = True) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=skip_special).strip()
+
+    def _can_join(self, batch: DecodeBatch | None) -> bool:
+        return batch is None or not len(batch) or cache_can_merge(batch.cache)
+
+    def _run(self, take, batch_size: int) -> None:
+        """The decode loop: `take(n, idle)` gives up to n new rows (None: stop)."""
+        batch: DecodeBatch | None = None
+        while True:
+            idle = batch is None or not len(batch)
+            room = batch_size - (0 if idle else len(batch)) if self._can_join(batch) else 0
+            joining = take(room, idle)
+            if joining is None:
+                return
+            try:
+                batch = self._step(batch, joining)
+            except Exception as err:  # a failed forward fails every row in flight
+                for row in (batch.rows if batch is not None else []) + joining:
+                    row.finish(err)
+                batch = None
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        max_batch_size: int | None = None,
+        on_result=None,
+    ) -> list[GenerationResult]:
+        """Answers in request order; at most `max_batch_size` rows decode at once (default: all),
+        and a finished row's slot goes to the next request. `on_result(i, result)` reports each."""
+        results: list[GenerationResult | None] = [None] * len(requests)
+        for request in requests:
+            self._check(request)  # bad steering fails here, before any work
+
+        def finish(i: int):
+            def done(outcome):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                results[i] = outcome
+                if on_result is not None:
+                    on_result(i, outcome)
+
+            return done
+
+        waiting = list(enumerate(requests))[::-1]
+
+        def take(room: int, idle: bool) -> list[Row] | None:
+            if idle and not waiting:
+                return None
+            return [self._row(r, finish(i)) for i, r in (waiting.pop() for _ in range(min(room, len(waiting))))]
+
+        self._run(take, max_batch_size or max(len(requests), 1))
+        return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _serve(self, queue: RequestQueue) -> None:
+        """Submitted requests join the running batch between decode steps (`submit`)."""
+
+        def take(room: int, idle: bool) -> list[Row] | None:
+            taken = queue.take(room, wait=idle)
+            if taken is None:
+                return None
+            rows = []
+            for request, future in taken:
+                try:
+                    rows.append(self._row(request, functools.partial(settle, future)))
+                except Exception as err:  # this request's own error (e.g. an unknown latent)
+                    future.set_exception(err)
+            return rows
+
+        self._run(take, self.max_batch_size)
+
+    def generate_in_batches(
+        self, requests: Sequence[GenerationRequest], batch_size: int = 16, desc: str = "answers"
+    ) -> list[GenerationResult]:
+        """`generate` with `batch_size` rows in flight, with a progress bar (command-line work)."""
+        from tqdm import tqdm
+
+        with tqdm(total=len(requests), desc=desc, unit="answer") as bar:
+            return self.generate(requests, max_batch_size=batch_size, on_result=lambda i, r: bar.update())
 
     # ---------------------------------------------------------------- read-out
     @torch.inference_mode()
@@ -201,7 +278,7 @@ class SteeredLM(SteeringEngine):
         the first `skip` positions (BOS and the huge-norm token after it) are left out."""
         out = []
         for messages in prompts:
-            ids = torch.tensor([self.prompt_ids(messages)], device=next(self.model.parameters()).device)
+            ids = torch.tensor([self.prompt_ids(messages)], device=self.input_device)
             with self.hooks.active(None, record=True) as record:
                 self._forward(ids, torch.ones_like(ids), None, None, last_only=True)
             out.append(record[0][0, skip:].float())

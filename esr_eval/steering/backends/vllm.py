@@ -29,7 +29,11 @@ from typing import Any
 import torch
 
 from esr_eval.errors import UsageError
-from esr_eval.steering.dictionary import DirectionSet, FeatureDictionary, load_dictionary
+from esr_eval.steering.dictionary import (
+    DirectionSet,
+    FeatureDictionary,
+    load_dictionary,
+)
 from esr_eval.steering.engine import (
     GenerationRequest,
     GenerationResult,
@@ -38,7 +42,7 @@ from esr_eval.steering.engine import (
     render_prompt_ids,
 )
 from esr_eval.steering.intervention import Intervention
-from esr_eval.steering.models import merged_folder, parse_dtype, plain_folder
+from esr_eval.steering.models import merged_folder, plain_folder, resolve_dtype
 from esr_eval.steering.presets import get_preset, resolve_model
 
 PIP_INSTALL = 'pip install "esr-eval[vllm]"'
@@ -297,7 +301,8 @@ class VLLMEngine(SteeringEngine):
         self.dictionary = dictionary
         self.layer = layer
         self.n_layers, self.hidden_size = n_layers, hidden_size
-        self.dtype = dtype
+        self.torch_dtype = dtype
+        self.dtype = str(dtype).removeprefix("torch.")  # as the HF backend names it (threshold cache key)
         self.name = name
         self.use_chat_template = chat_template and tokenizer.chat_template is not None
         self.extra_dictionaries: dict[str, FeatureDictionary] = {}
@@ -310,7 +315,7 @@ class VLLMEngine(SteeringEngine):
         dictionary: str | None = None,
         layer: int | None = None,
         labels: str | None = None,
-        dtype: str = "float32",
+        dtype: str | None = None,
         device: str = "cpu",
         *,
         tensor_parallel_size: int = 1,
@@ -322,13 +327,17 @@ class VLLMEngine(SteeringEngine):
     ) -> "VLLMEngine":
         """`source`/`dictionary` as for the HF backend. In process unless `base_url` names a
         `vllm serve` deployment of the same weights (then `source` only supplies the tokenizer
-        and config). `device` is vLLM's to choose (its build picks CPU or CUDA) and is ignored."""
+        and config). `device` is vLLM's to choose (its build picks CPU or CUDA) and is ignored.
+        `dtype` None: the preset's, else `resolve_dtype`'s (bf16 where the hardware has it)."""
         preflight(tensor_parallel_size, pipeline_parallel_size, base_url)
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
         model_source, dict_spec, layer, chat_template = resolve_model(source, dictionary, layer)
         folder = plain_folder(model_source)
         preset = get_preset(source)
+        if preset is not None:
+            dtype = preset.placement(None, dtype)[1]
+        torch_dtype = resolve_dtype(dtype, "cuda" if torch.cuda.is_available() else "cpu")
         if preset and preset.adapter:
             folder = merged_folder(folder, preset.adapter)
         text_config = AutoConfig.from_pretrained(folder).get_text_config()
@@ -355,7 +364,7 @@ class VLLMEngine(SteeringEngine):
             llm = LLM(
                 model=folder,
                 tokenizer=folder,
-                dtype=dtype,
+                dtype=str(torch_dtype).removeprefix("torch."),
                 enforce_eager=True,  # vllm-lens hooks need eager mode (it forces it too)
                 enable_prefix_caching=False,
                 tensor_parallel_size=int(tensor_parallel_size),
@@ -367,7 +376,7 @@ class VLLMEngine(SteeringEngine):
             )
             transport = InProcess(llm, layer, stop_ids)
         return cls(
-            transport, tokenizer, feature_dict, layer, n_layers, hidden, parse_dtype(dtype), name=source,
+            transport, tokenizer, feature_dict, layer, n_layers, hidden, torch_dtype, name=source,
             chat_template=chat_template, start_seconds=time.perf_counter() - start,
         )
 
@@ -413,7 +422,7 @@ class VLLMEngine(SteeringEngine):
         prompts = [self.prompt_ids(r.messages) for r in requests]
         rows, live = [], []
         for i, (r, prompt) in enumerate(zip(requests, prompts)):
-            vectors, hooks = steering_objects(r.interventions, self.resolve_dictionary(r.dictionary), self.layer, self.dtype)
+            vectors, hooks = steering_objects(r.interventions, self.resolve_dictionary(r.dictionary), self.layer, self.torch_dtype)
             if r.max_new_tokens > 0:
                 rows.append(Row(prompt, self._sampling(r), vectors, hooks))
                 live.append(i)
@@ -431,7 +440,7 @@ class VLLMEngine(SteeringEngine):
     def _capture_rows(self, ids: list[list[int]], interventions: Sequence[Sequence[Intervention]], dictionary) -> list[torch.Tensor]:
         rows = []
         for row_ids, ivs in zip(ids, interventions):
-            vectors, hooks = steering_objects(ivs, dictionary, self.layer, self.dtype)
+            vectors, hooks = steering_objects(ivs, dictionary, self.layer, self.torch_dtype)
             rows.append(Row(row_ids, {"max_tokens": 1, "temperature": 0.0}, vectors, hooks, capture=True))
         outs = self._run(rows)
         return [out.residual[: len(row.prompt)].float() for row, out in zip(rows, outs)]
