@@ -162,7 +162,10 @@ def _finetune(args: argparse.Namespace) -> int:
     for e in metrics["epochs"]:
         val = "n/a" if e["val_loss"] is None else f"{e['val_loss']:.4f}"
         print(f"epoch {e['epoch']}: train loss {e['train_loss']:.4f}, val loss {val} ({e['steps']} steps)")
-    print(f"merged model written to {args.out}; evaluate it as steered/{args.out} -M dictionary={args.model}")
+    if args.adapter_only:
+        print(f"LoRA adapter written to {args.out}: point a preset's `adapter` at it to evaluate it")
+    else:
+        print(f"merged model written to {args.out}; evaluate it as steered/{args.out} -M dictionary={args.model}")
     return 0
 
 
