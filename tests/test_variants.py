@@ -24,7 +24,7 @@ from esr_eval.steering.models import model_fingerprint
 REPLIES = {1: [(40, False)], 2: [(20, True), (70, False)], 3: [(40, False)], 4: [(20, True), (70, False)]}
 
 
-def write_thresholds(path, model: str, dictionary: str, thresholds: dict[int, float], target: float, dtype: str = "bfloat16") -> None:
+def write_thresholds(path, model: str, dictionary: str, thresholds: dict[int, float], target: float, dtype: str) -> None:
     prompts = prompt_set_hash([p.text for p in load_prompts(PROMPTS_FILE)])
     rows = [
         dict(model=model, dictionary=dictionary, latent=k, grader="mockllm/model", target=target, prompts=prompts,
@@ -39,7 +39,7 @@ def write_thresholds(path, model: str, dictionary: str, thresholds: dict[int, fl
 def test_boost_sweep_levels_use_cached_thresholds(tiny_model_dir, tiny_sae_dir, tmp_path):
     lm = load_engine(str(tiny_model_dir), str(tiny_sae_dir))
     thresholds = {1: 4.0, 2: 6.0, 3: 8.0, 4: 10.0}  # mean 7, population sd sqrt(5)
-    write_thresholds(tmp_path / "thresholds.jsonl", model_fingerprint(str(tiny_model_dir)), lm.dictionary_id, thresholds, target=0.5)
+    write_thresholds(tmp_path / "thresholds.jsonl", model_fingerprint(str(tiny_model_dir)), lm.dictionary_id, thresholds, target=0.5, dtype=lm.dtype)
     calls: list[str] = []
     log = run("esr_eval/boost_sweep", tiny_model_dir, tiny_sae_dir, tmp_path, keyed_grader(REPLIES, calls), latents=[1, 2, 3, 4], prompts_per_latent=1, levels=3, span=3.0)
     assert len(calls) == 12  # 3 levels x 4 trials; no calibration call: all cached
