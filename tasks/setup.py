@@ -13,11 +13,21 @@ import yaml
 from inspect_ai.model import Model, get_model
 
 from esr_eval.calibration.calibrator import Calibrator
-from esr_eval.config import CONCRETENESS_OFF, CONCRETENESS_OFFLINE, DEFAULT_MODEL, TaskArgs
+from esr_eval.config import (
+    CONCRETENESS_OFF,
+    CONCRETENESS_OFFLINE,
+    DEFAULT_MODEL,
+    TaskArgs,
+)
 from esr_eval.errors import UsageError
 from esr_eval.provider import SteeredModelAPI, steered_api
 from esr_eval.sampling.concreteness import rate_concreteness
-from esr_eval.sampling.latents import ConcretenessFilter, offline_concreteness, rated_concreteness, sample_latents
+from esr_eval.sampling.latents import (
+    ConcretenessFilter,
+    offline_concreteness,
+    rated_concreteness,
+    sample_latents,
+)
 from esr_eval.sampling.prompts import Prompt, load_prompts
 from esr_eval.schema import FinetuneInfo
 from esr_eval.steering.dictionary import FeatureDictionary

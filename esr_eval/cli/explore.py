@@ -38,7 +38,11 @@ def _sampled(args: argparse.Namespace) -> tuple[object, list[int], str]:
 
     from esr_eval.config import CONCRETENESS_OFF, CONCRETENESS_OFFLINE, TaskArgs
     from esr_eval.errors import UsageError
-    from esr_eval.sampling.latents import offline_concreteness, rated_concreteness, sample_latents
+    from esr_eval.sampling.latents import (
+        offline_concreteness,
+        rated_concreteness,
+        sample_latents,
+    )
     from esr_eval.sampling.prompts import load_prompts
 
     settings = TaskArgs.parse(dict(n_latents=args.n_latents, seed=args.seed, relevance=args.relevance,

@@ -7,11 +7,16 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass, field
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from inspect_ai.model import ChatMessageAssistant, ChatMessageUser, GenerateConfig, Model
+from inspect_ai.model import (
+    ChatMessageAssistant,
+    ChatMessageUser,
+    GenerateConfig,
+    Model,
+)
 from inspect_ai.util import LimitExceededError
 
 from esr_eval.config import GRADER_MAX_TOKENS

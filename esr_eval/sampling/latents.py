@@ -6,8 +6,7 @@ concreteness rating of each label."""
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch

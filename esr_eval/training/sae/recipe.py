@@ -124,7 +124,12 @@ def _concept_summary(concepts: dict, baseline: dict[str, float]) -> dict:
     import numpy as np
 
     from esr_eval.config import CONCEPT_FILTER
-    from esr_eval.training.sae.concepts import VOCABULARY_FILE, is_token_level, is_topical, load_vocabulary
+    from esr_eval.training.sae.concepts import (
+        VOCABULARY_FILE,
+        is_token_level,
+        is_topical,
+        load_vocabulary,
+    )
 
     stats = list(concepts.values())
     n = max(1, len(stats))
