@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_saes import save_orthonormal
 
 from esr_eval.steering.backends.hf import SteeredLM
 from esr_eval.steering.engine import GenerationRequest
@@ -217,22 +218,11 @@ def test_sae_lens_release_path_and_paper_presets(tiny_model_dir, tiny_sae_dir, m
 def orthonormal_topk_sae(folder, d_sae: int = 16, k: int = 4):
     """A TopK SAE whose encode reads a direction's coefficient exactly: W_enc = W_dec^T with
     orthonormal rows and no biases, so a clamp can be read back at the layer."""
-    import json
-
     from sae_lens import TopKSAE, TopKSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
     cfg = TopKSAEConfig(d_in=32, d_sae=d_sae, k=k, rescale_acts_by_decoder_norm=True, metadata=SAEMetadata(hook_name="model.layers.2"))
-    sae = TopKSAE(cfg)
-    q, _ = torch.linalg.qr(torch.randn(32, d_sae, generator=torch.Generator().manual_seed(5)))
-    with torch.no_grad():
-        sae.W_dec.copy_(q.T)
-        sae.W_enc.copy_(q)
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    sae.save_model(folder)
-    (folder / "labels.json").write_text(json.dumps({str(i): f"topic ({i})" for i in range(d_sae)}))
-    return folder
+    return save_orthonormal(TopKSAE(cfg), folder, seed=5)
 
 
 @pytest.mark.parametrize("value", [0.0, 40.0])

@@ -10,6 +10,7 @@ import pytest
 import torch
 from esr_eval.tasks.meta_prompt import META_PROMPTS
 from test_tasks import keyed_grader, metrics, run
+from tiny_saes import save_orthonormal
 
 from esr_eval.calibration.cache import prompt_set_hash
 from esr_eval.calibration.rounds import METHOD
@@ -74,15 +75,7 @@ def orthonormal_relu_sae(folder, d_sae: int = 16):
     from sae_lens.saes.sae import SAEMetadata
 
     sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=d_sae, metadata=SAEMetadata(hook_name="model.layers.2")))
-    q, _ = torch.linalg.qr(torch.randn(32, d_sae, generator=torch.Generator().manual_seed(3)))
-    with torch.no_grad():
-        sae.W_dec.copy_(q.T)
-        sae.W_enc.copy_(q)
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    sae.save_model(folder)
-    (folder / "labels.json").write_text(json.dumps({str(k): f"topic ({k})" for k in range(d_sae)}))
-    return folder
+    return save_orthonormal(sae, folder, seed=3)
 
 
 def test_detector_ablation_reads_zero_at_the_layer(tiny_model_dir, tmp_path):
