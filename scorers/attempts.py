@@ -1,5 +1,6 @@
 """`attempts_judge`: the ESR scorer. A grader model (role "grader") splits the steered answer
-into attempts and scores each; `Score.value` holds the trial record (`schema.TrialValue`)."""
+into attempts and scores each; `Score.value` holds the trial record (`schema.TrialValue`) and the
+sample's boost (a column of the viewer's samples list; readers of the record ignore it)."""
 
 from __future__ import annotations
 
@@ -76,8 +77,11 @@ def attempts_judge(grader: str | None = None) -> Scorer:
         }
         if result.error_message:
             metadata["judge_error_message"] = result.error_message
+        value: dict[str, float] = trial_value(result, answer, faults).to_value()
+        if "boost" in state.metadata:  # beside the trial record, for the viewer's samples list
+            value["boost"] = float(state.metadata["boost"])
         return Score(
-            value=trial_value(result, answer, faults).to_value(),
+            value=value,
             answer=answer,
             explanation=explanation(result, grader_name) + "".join(f"\njudge fault: {f}" for f in faults),
             metadata=metadata,

@@ -1,11 +1,14 @@
 """ESR metrics: thin Inspect `@metric`s over `esr_eval.results.stats` (the one implementation of
 rates and intervals, which the report and the gate use too).
 
-Every metric returns one float, so each shows as its own entry in the viewer and works inside
-Inspect's `grouped(metric, "level")`. Rates come with 95% bounds clustered by latent as separate
-metrics (`esr_rate`, `esr_rate_ci_low`, `esr_rate_ci_high`); `n_latents` says how many latents
-stand behind them. Judge errors are counted by `judge_errors` and left out of every rate and mean;
-`*_clean` variants also leave out degraded trials. Empty input gives NaN (counts give 0).
+The scorer's metrics are groups (`stats.METRIC_GROUPS`): each returns a dict of figures, which
+Inspect logs as one entry per figure (`esr_rate`, `esr_rate_ci_low`, `esr_rate_ci_high`, ...) and
+the viewer shows side by side under the group's name, so a rate's 95% bounds (clustered by latent)
+and the count it rests on sit beside it. The `clean` group (figures without degraded trials) is
+logged only when some trial is degraded; otherwise it would repeat the others. Judge errors are
+counted by `judge_errors` and left out of every rate and mean. Each figure is also a one-float
+metric of its own (`METRICS`), for Inspect's `grouped(metric, "level")`. Empty input gives NaN
+(counts give 0).
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ from collections.abc import Callable, Iterable
 from inspect_ai.scorer import Metric, SampleScore, grouped, metric
 
 from esr_eval.results.stats import (
+    ADVERSARIAL_METRIC_GROUPS,
     ADVERSARIAL_METRIC_NAMES,
     ESR_METRIC_NAMES,
+    METRIC_GROUPS,
+    OMITTED_UNLESS_DEGRADED,
     Summary,
     metric_description,
 )
@@ -49,6 +55,30 @@ def _register(name: str) -> Callable[[], Metric]:
 METRICS: dict[str, Callable[[], Metric]] = {name: _register(name) for name in ESR_METRIC_NAMES + ADVERSARIAL_METRIC_NAMES}
 
 
+def _register_group(group: str, names: list[str]) -> Callable[[], Metric]:
+    """A no-argument @metric named `group` that returns its figures as a dict (Inspect logs each
+    figure under its own name; the viewer heads them with `group`)."""
+    only_if_degraded = group in OMITTED_UNLESS_DEGRADED
+
+    def factory() -> Metric:
+        def compute(scores: list[SampleScore]) -> dict[str, float]:
+            summary = Summary(trials(scores))
+            if only_if_degraded and summary.count("n_clean") == summary.count("n_judged"):
+                return {}  # no degraded trial: these figures equal the others
+            return summary.metrics(names)
+
+        return compute
+
+    factory.__name__ = factory.__qualname__ = group
+    factory.__doc__ = "; ".join(f"{name}: {metric_description(name)}" for name in names)
+    return metric(name=group)(factory)
+
+
+GROUP_METRICS: dict[str, Callable[[], Metric]] = {
+    group: _register_group(group, names) for group, names in {**METRIC_GROUPS, **ADVERSARIAL_METRIC_GROUPS}.items()
+}
+
+
 def _checked(names: Iterable[str]) -> list[str]:
     names = list(names)
     unknown = [n for n in names if n not in METRICS]
@@ -57,18 +87,14 @@ def _checked(names: Iterable[str]) -> list[str]:
     return names
 
 
-def _build(names: Iterable[str]) -> list[Metric]:
-    return [METRICS[name]() for name in _checked(names)]
-
-
 def esr_metrics() -> list[Metric]:
-    """The attempts-judge scorer's default metrics, in display order."""
-    return _build(ESR_METRIC_NAMES)
+    """The attempts-judge scorer's default metrics: its groups, in display order."""
+    return [GROUP_METRICS[group]() for group in METRIC_GROUPS]
 
 
 def adversarial_metrics() -> list[Metric]:
     """ESR metrics plus the rates of attempts that serve the (hijack) concept."""
-    return _build(ESR_METRIC_NAMES + ADVERSARIAL_METRIC_NAMES)
+    return esr_metrics() + [GROUP_METRICS[group]() for group in ADVERSARIAL_METRIC_GROUPS]
 
 
 def grouped_esr_metrics(group_key: str, names: Iterable[str] | None = None, include_all: bool = True) -> list[Metric]:

@@ -33,6 +33,7 @@ def build_samples(
                 Sample(
                     id=f"l{latent}-{prompt.id}{id_suffix}",
                     input=text,
+                    target=steered_concept(latent, label),
                     metadata={
                         "latent": latent,
                         "label": label,
@@ -46,6 +47,12 @@ def build_samples(
                 )
             )
     return samples
+
+
+def steered_concept(latent: int, label: str) -> str:
+    """The sample's target: the concept its steering pushes toward, which the judge checks each
+    attempt against (the viewer's samples list shows it; no scorer compares the answer to it)."""
+    return f"latent {latent}: {label}"
 
 
 def dataset(samples: Iterable[Sample], name: str) -> MemoryDataset:

@@ -121,3 +121,25 @@ def test_mixed_settings_in_one_batch_equal_each_request_alone(tiny_model_dir, ti
         [alone] = lm.generate([request])
         assert sample.output.completion == alone.text, sample.id
         assert sample.output.usage.output_tokens == alone.completion_tokens <= budget
+
+
+def test_runs_with_different_batch_sizes_keep_their_own(tiny_model_dir, tiny_sae_dir, monkeypatch):
+    """Two providers in one process with different -M max_batch_size: each engine decodes at most
+    its own number of rows (one shared engine would take the last setting for both)."""
+    from esr_eval.provider import SteeredModelAPI
+
+    batches: list[int] = []
+    real_decode = SteeredLM._decode
+    monkeypatch.setattr(SteeredLM, "_decode", lambda self, batch: batches.append(len(batch)) or real_decode(self, batch))
+    args = {"dictionary": str(tiny_sae_dir), "dtype": "float32"}
+    small = SteeredModelAPI(str(tiny_model_dir), **args, max_batch_size=2).engine
+    large = SteeredModelAPI(str(tiny_model_dir), **args, max_batch_size=6).engine
+    assert (small.max_batch_size, large.max_batch_size) == (2, 6)
+    assert SteeredModelAPI(str(tiny_model_dir), **args, max_batch_size=2).engine is small  # one load per setting
+    requests = [GenerationRequest([{"role": "user", "content": p}], [], 6, 0.0, seed=i) for i, p in enumerate(PROMPTS * 2)]
+    for engine, most in ((small, 2), (large, 6)):
+        batches.clear()
+        futures = [engine.submit(r) for r in requests]
+        assert all(f.result(timeout=120).completion_tokens <= 6 for f in futures)
+        assert max(batches) <= most
+    assert max(batches) > 2  # the large engine did batch past the small one's limit

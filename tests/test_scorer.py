@@ -146,7 +146,7 @@ def test_score_values_and_metadata(judged) -> None:
     assert esr.value == {
         "n_attempts": 2.0, "first_score": 20.0, "last_score": 90.0, "multi_attempt": 1.0, "esr": 1.0,
         "improvement": 70.0, "degraded": 0.0, "judge_error": 0.0, "judge_fault": 0.0, "first_serves_concept": 1.0,
-        "last_serves_concept": 0.0,
+        "last_serves_concept": 0.0, "boost": 2.5,
     }  # fmt: skip
     assert esr.metadata["grader"] == "mockllm/model"
     assert esr.metadata["label"] == "volcanoes"
@@ -188,6 +188,45 @@ def test_metric_values_are_exact(judged) -> None:
     assert set(ESR_METRIC_NAMES) <= set(values)
 
 
+# the viewer's log list shows the first figure; its log header the first five
+LOGGED_ORDER = [
+    "esr_rate", "esr_rate_ci_low", "esr_rate_ci_high",
+    "n", "n_latents", "judge_errors", "judge_faults",
+    "multi_attempt_rate", "multi_attempt_rate_ci_low", "multi_attempt_rate_ci_high",
+    "improvement_rate", "improvement_rate_ci_low", "improvement_rate_ci_high", "mean_improvement", "n_multi_attempt",
+    "mean_first_score",
+    "degraded_rate", "degraded_rate_ci_low", "degraded_rate_ci_high", "n_clean",
+    "esr_rate_clean", "esr_rate_clean_ci_low", "esr_rate_clean_ci_high",
+    "multi_attempt_rate_clean", "multi_attempt_rate_clean_ci_low", "multi_attempt_rate_clean_ci_high",
+    "improvement_rate_clean", "improvement_rate_clean_ci_low", "improvement_rate_clean_ci_high",
+    "mean_first_score_clean", "mean_improvement_clean",
+]  # fmt: skip
+
+
+def test_metric_order_names_and_groups(judged) -> None:
+    """The headline first, each rate's bounds and count beside it under its group's name."""
+    metrics = judged[0].results.scores[0].metrics
+    assert list(metrics)[: len(LOGGED_ORDER)] == LOGGED_ORDER  # a trial is degraded: the clean group is there
+    assert [metrics[n].group for n in ("esr_rate", "esr_rate_ci_high", "n", "judge_faults", "n_multi_attempt", "esr_rate_clean")] == [
+        "esr", "esr", "trials", "trials", "improvement", "clean"
+    ]  # fmt: skip
+
+
+def test_clean_figures_only_when_a_trial_is_degraded() -> None:
+    def scores(degraded: list[bool]) -> list[SampleScore]:
+        result = JudgeResult(attempts=[Attempt("a", 10), Attempt("b", 60)])
+        return [
+            SampleScore(score=Score(value=score_value(result, "lava " * 5 if d else "fine")), sample_id=i, sample_metadata={"latent": i})
+            for i, d in enumerate(degraded)
+        ]
+
+    def logged(degraded: list[bool]) -> list[str]:
+        return [name for m in esr_metrics() for name in m(scores(degraded))]
+
+    assert logged([False, False]) == LOGGED_ORDER[:20]
+    assert logged([False, True]) == LOGGED_ORDER
+
+
 def test_grouped_metrics_by_level(judged) -> None:
     values = metric_values(judged[0])
     assert values["esr_rate[1]"] == pytest.approx(1 / 3)  # single, esr, worse
@@ -217,7 +256,7 @@ def test_rescoring_a_log_records_the_new_grader(judged) -> None:
 
 
 def test_metrics_on_an_empty_list_do_not_raise() -> None:
-    values = {metric_name(m): m([]) for m in adversarial_metrics()}
+    values = {name: v for m in adversarial_metrics() for name, v in m([]).items()}
     counts = ["n", "n_latents", "judge_errors", "judge_faults", "n_multi_attempt", "n_clean"]
     assert all(values[name] == 0.0 for name in counts)
     rates_and_means = [v for name, v in values.items() if name not in counts]
@@ -245,7 +284,7 @@ def test_serves_concept_rates_for_adversarial_runs() -> None:
 
     scores = [sample_score(True, False), sample_score(True, True), sample_score(False, False, 1),
               sample_score(False, False, 0), sample_score(True, True, error=True)]  # fmt: skip
-    values = {metric_name(m): m(scores) for m in adversarial_metrics()}
+    values = {name: v for m in adversarial_metrics() for name, v in m(scores).items()}
     assert values["first_serves_concept_rate"] == pytest.approx(2 / 3)  # among 3 trials with an attempt
     assert values["last_serves_concept_rate"] == pytest.approx(1 / 3)
     assert values["last_serves_concept_rate_ci_high"] == pytest.approx(wilson(1, 3)[1])

@@ -84,11 +84,15 @@ def test_steering_resistance_end_to_end(tiny_model_dir, tiny_sae_dir, tmp_path):
     assert m["mean_first_score"] == pytest.approx(30.0)
     assert m["mean_improvement"] == pytest.approx(50.0)
     assert m["judge_errors"] == 0
+    assert log.results.headline.metric == "esr_rate" and list(m)[:5] == ["esr_rate", "esr_rate_ci_low", "esr_rate_ci_high", "n", "n_latents"]
     assert_each_answer_was_judged(log)
     for sample in log.samples:
         md = sample.metadata
         # the calibration's rounds judged the task's budget of answers
         assert md["calibration_trials"] == TaskArgs.calibration_trials and md["boost"] == md["threshold"] > 0
+        # the samples list shows the steered concept (target) and the boost (a score column)
+        assert sample.target == f"latent {md['latent']}: {md['label']}"
+        assert sample.scores["attempts_judge"].value["boost"] == md["boost"]
         steering = [e for e in sample.events if e.event == "model" and e.config.extra_body]
         assert steering[-1].config.extra_body["steering"] == [{"latent": md["latent"], "value": md["boost"], "mode": "add"}]
         assert steering[-1].config.seed == md["seed"] == md["generation_seed"]  # epoch 1 keeps the sample seed

@@ -31,7 +31,7 @@ def engine_from(args: argparse.Namespace):
     from esr_eval.steering.load import load_engine
 
     a = ModelArgs.parse(model_args(args))
-    return load_engine(args.model, a.dictionary, a.layer, a.labels, a.dtype, a.device, a.engine, **a.backend_args())
+    return load_engine(args.model, a.dictionary, a.layer, a.labels, a.dtype, a.device, a.engine, a.max_batch_size, **a.backend_args())
 
 
 def console():

@@ -66,9 +66,9 @@ class SteeredModelAPI(ModelAPI):
     def engine(self) -> SteeringEngine:
         """Loaded on first use (Inspect may build a provider only to read its info)."""
         a = self.args
-        engine = load_engine(self.source, a.dictionary, a.layer, a.labels, a.dtype, a.device, a.engine, **a.backend_args(self.base_url))
-        engine.max_batch_size = a.max_batch_size
-        return engine
+        return load_engine(
+            self.source, a.dictionary, a.layer, a.labels, a.dtype, a.device, a.engine, a.max_batch_size, **a.backend_args(self.base_url)
+        )
 
     def dictionary_id(self) -> str | None:
         return self.engine.dictionary_id

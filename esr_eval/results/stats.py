@@ -162,21 +162,30 @@ def _bounded(names: Iterable[str]) -> list[str]:
     return [name + suffix for name in names for suffix in ("", *INTERVAL_SUFFIXES)]
 
 
-ESR_METRIC_NAMES: list[str] = [
-    "n",
-    "n_latents",
-    "judge_errors",
-    "judge_faults",
-    *_bounded(["multi_attempt_rate", "esr_rate", "improvement_rate", "degraded_rate"]),
-    "mean_first_score",
-    "mean_improvement",
-    "n_multi_attempt",
-    "n_clean",
-    *_bounded(["multi_attempt_rate_clean", "esr_rate_clean", "improvement_rate_clean"]),
-    "mean_first_score_clean",
-    "mean_improvement_clean",
-]
-ADVERSARIAL_METRIC_NAMES: list[str] = _bounded(["first_serves_concept_rate", "last_serves_concept_rate"])
+# The attempts judge's metrics in display order, in groups: each group is one Inspect metric whose
+# figures the viewer shows side by side under the group's name. The first figure is the headline
+# (the log list's one number per run); the log header shows the first five: the ESR rate with its
+# interval and the trials and latents behind it.
+METRIC_GROUPS: dict[str, list[str]] = {
+    "esr": _bounded(["esr_rate"]),
+    "trials": ["n", "n_latents", "judge_errors", "judge_faults"],
+    "multi_attempt": _bounded(["multi_attempt_rate"]),
+    "improvement": [*_bounded(["improvement_rate"]), "mean_improvement", "n_multi_attempt"],
+    "first_score": ["mean_first_score"],
+    "degraded": [*_bounded(["degraded_rate"]), "n_clean"],
+    "clean": [
+        *_bounded(["esr_rate_clean", "multi_attempt_rate_clean", "improvement_rate_clean"]),
+        "mean_first_score_clean",
+        "mean_improvement_clean",
+    ],
+}
+# groups logged only when they differ from the others: the *_clean figures, when a trial is degraded
+OMITTED_UNLESS_DEGRADED = ("clean",)
+ESR_METRIC_NAMES: list[str] = [name for names in METRIC_GROUPS.values() for name in names]
+ADVERSARIAL_METRIC_GROUPS: dict[str, list[str]] = {
+    "serves_concept": _bounded(["first_serves_concept_rate", "last_serves_concept_rate"]),
+}
+ADVERSARIAL_METRIC_NAMES: list[str] = [name for names in ADVERSARIAL_METRIC_GROUPS.values() for name in names]
 
 
 def metric_description(name: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from esr_eval.config import check_engine
+from esr_eval.config import ModelArgs, check_engine
 from esr_eval.steering.engine import SteeringEngine
 
 _engines: dict[tuple, SteeringEngine] = {}
@@ -48,16 +48,23 @@ def load_engine(
     dtype: str | None = None,
     device: str = "cpu",
     engine: str = "hf",
+    max_batch_size: int = ModelArgs.max_batch_size,
     **backend_args: Any,
 ) -> SteeringEngine:
-    """One engine per (backend, model, dictionary, layer, labels, dtype, device, backend args) per
-    process. `backend_args` go to the backend's `load` (`ModelArgs.backend_args`: hf: device_map,
+    """One engine per (backend, model, dictionary, layer, labels, dtype, device, batch size,
+    backend args) per process: runs with different batch sizes never share an engine's setting.
+    `backend_args` go to the backend's `load` (`ModelArgs.backend_args`: hf: device_map,
     max_memory; vllm: parallel sizes, max_model_len, max_num_seqs, base_url)."""
     cls = engine_class(engine)
-    key = (engine, model, dictionary, None if layer is None else int(layer), labels, dtype, device, repr(sorted(backend_args.items())))
+    key = (
+        engine, model, dictionary, None if layer is None else int(layer), labels, dtype, device, int(max_batch_size),
+        repr(sorted(backend_args.items())),
+    )  # fmt: skip
     with _engines_lock:
         if key not in _engines:
-            _engines[key] = cls.load(model, dictionary, layer, labels, dtype, device, **backend_args)
+            loaded = cls.load(model, dictionary, layer, labels, dtype, device, **backend_args)
+            loaded.max_batch_size = int(max_batch_size)
+            _engines[key] = loaded
         return _engines[key]
 
 
