@@ -5,7 +5,9 @@ Imports nothing heavy: the command-line parsers read their defaults from here.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 PROVIDER = "steered"
@@ -100,6 +102,8 @@ class TaskArgs:
             raise UsageError(f"calibration_rounds {self.calibration_rounds} must be 1..4")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise UsageError(f"temperature {self.temperature} must be >= 0 and top_p {self.top_p} in (0, 1]")
+        if self.latents is not None:
+            check_latent_list(self.latents, "-T latents")
 
     def generation(self) -> dict[str, Any]:
         """The GenerateConfig fields of a steered answer."""
@@ -137,8 +141,16 @@ class ModelArgs:
 
         unknown_names(args, cls.names(), "model args (-M) for steered/")
         parsed = cls(**_coerce_all(cls, args, "-M", MODEL_CASTS))
-        if parsed.max_batch_size < 1:
-            raise UsageError(f"-M max_batch_size={parsed.max_batch_size} must be at least 1")
+        if parsed.max_batch_size < 1 or parsed.tensor_parallel_size < 1 or parsed.pipeline_parallel_size < 1:
+            raise UsageError("-M max_batch_size, tensor_parallel_size and pipeline_parallel_size must be at least 1")
+        if parsed.layer is not None and parsed.layer < 0:
+            raise UsageError(f"-M layer={parsed.layer} is negative: pass a decoder layer index (0 is the first)")
+        if parsed.repetition_penalty is not None and parsed.repetition_penalty <= 0:
+            raise UsageError(f"-M repetition_penalty={parsed.repetition_penalty} must be above 0 (1 is off; the default is 1.1)")
+        if parsed.labels is not None and not Path(parsed.labels).expanduser().is_file():
+            from esr_eval.errors import MissingFileError
+
+            raise MissingFileError(f"-M labels={parsed.labels}: no such file; pass a JSON or CSV file of index -> label")
         check_engine(parsed.engine)
         if parsed.dtype is not None and parsed.dtype not in DTYPES:
             raise UsageError(f"-M dtype={parsed.dtype!r} is unknown: use one of {', '.join(DTYPES)}")
@@ -167,6 +179,18 @@ class ModelArgs:
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_latent_list(latents: list[int], flag: str) -> None:
+    """Latent indices are non-negative and each is given once (a repeat would be a duplicate sample)."""
+    from esr_eval.errors import UsageError
+
+    negative = [k for k in latents if k < 0]
+    if negative:
+        raise UsageError(f"{flag}: latent {negative[0]} is negative; latents are indices 0..width-1 of the dictionary")
+    repeated = sorted({k for k in latents if latents.count(k) > 1})
+    if repeated:
+        raise UsageError(f"{flag}: latent {repeated[0]} is given twice; list each latent once (use -T prompts_per_latent for more trials)")
 
 
 def check_engine(name: str) -> None:
@@ -256,7 +280,24 @@ class SteeredDataSettings:
             raise UsageError("the mild boosts must stay below the derailing ones: lower the mild scale or raise the derailing one")
 
 
-INT, FLOAT, TEXT = (int, "an integer"), (float, "a number"), (str, "text")
+def strict_int(value: Any) -> int:
+    """An integer from YAML or text; 32.7, "32.7" and true are refused, never truncated."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"{value!r} is not an integer")
+    return int(value) if isinstance(value, (int, float)) else int(str(value).strip())
+
+
+def finite_float(value: Any) -> float:
+    """A finite number; nan, inf and true are refused."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{value!r} is not finite")
+    return number
+
+
+INT, FLOAT, TEXT = (strict_int, "an integer"), (finite_float, "a finite number"), (str, "text")
 TASK_CASTS = {
     "prompts": TEXT, "n_latents": INT, "prompts_per_latent": INT, "latents": (lambda v: int_list(v), "a list of integers"),
     "seed": INT, "relevance": TEXT, "concreteness": (lambda v: _concreteness(v), "offline, none or a model name"), "target": FLOAT, "calibration_trials": INT,
@@ -298,7 +339,7 @@ def _concreteness(value: Any) -> str:
 def int_list(value: Any) -> list[int] | None:
     """-T values arrive through YAML: `[1,2]`, `1,2`, `"1"` or `1`."""
     items = str_list(value)
-    return None if items is None else [int(v) for v in items]
+    return None if items is None else [strict_int(v) for v in items]
 
 
 def str_list(value: Any) -> list[str] | None:

@@ -13,11 +13,16 @@ class UsageError(PrerequisiteError, ValueError):
     """Bad input. `inspect eval` shows the message alone; `esr-eval` prints it and exits 2."""
 
     def __init__(self, message: str) -> None:
-        PrerequisiteError.__init__(self, message)
+        from rich.markup import escape
+
+        # Inspect prints `.message` with rich, which would read `esr-eval[vllm]` as markup and
+        # drop it; str() stays the plain text (the esr-eval command and tests print that).
+        PrerequisiteError.__init__(self, escape(message))
         ValueError.__init__(self, message)
+        self.text = message
 
     def __str__(self) -> str:
-        return str(self.message)
+        return self.text
 
 
 class MissingFileError(UsageError, FileNotFoundError):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from esr_eval.errors import DataFileError, MissingFileError
+from esr_eval.errors import DataFileError, MissingFileError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -77,13 +77,40 @@ def _parse_jsonl(text: str) -> JsonlContent:
     return content
 
 
+def read_text(path: str | Path) -> str:
+    """A user's text file; bytes that are not UTF-8 are an error naming the file and the line."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataFileError(path, line, f"is not UTF-8 text (byte {data[err.start]:#04x})", "save the file as UTF-8") from None
+
+
+def check_writable(path: str | Path, what: str, fix: str) -> None:
+    """Refuse, before any work, a file that could not be written later: its folder cannot be made
+    (a file sits where a folder should) or takes no new files (atomic writes and the lock need both)."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(prefix=f".{path.name}.", suffix=".probe", dir=path.parent):
+            pass
+    except OSError as err:
+        blocker = next((p for p in path.parents if p.exists()), None)
+        reason = f"{blocker} is a file" if blocker is not None and not blocker.is_dir() else (err.strerror or str(err)).lower()
+        raise UsageError(f"{what} {path} cannot be written ({reason}): {fix}") from None
+
+
 def read_jsonl(path: str | Path, what: str = "jsonl file", fix: str | None = None) -> list[dict[str, Any]]:
     """The rows of a user's jsonl file; a line that is not a JSON object is an error naming the
     file, the line and `fix`."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"{what} {path} does not exist: {fix or 'check the path'}")
-    content = _parse_jsonl(path.read_text())
+    content = _parse_jsonl(read_text(path))
     if content.bad_lines:
         number, line = content.bad_lines[0]
         raise DataFileError(
@@ -130,7 +157,7 @@ def read_json(path: str | Path, what: str = "JSON file", fix: str | None = None)
     if not path.is_file():
         raise MissingFileError(f"{what} {path} does not exist: {fix or 'check the path'}")
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise DataFileError(path, err.lineno, f"is not valid JSON ({err.msg})", fix or "fix the JSON") from None
 

@@ -11,14 +11,19 @@ from esr_eval.tasks.loop import esr_task
 from esr_eval.tasks.setup import prepare
 from inspect_ai import Task, task
 
+from esr_eval.config import finite_float, strict_int
 from esr_eval.errors import UsageError
 
 
 def sweep_levels(levels: int, span: float) -> list[float]:
     """Levels in threshold-sd units, evenly from -span to +span (boost = mean + level * sd, >= 0)."""
-    if int(levels) < 2 or float(span) <= 0:
+    try:
+        n, width = strict_int(levels), finite_float(span)
+    except (TypeError, ValueError):
+        raise UsageError(f"boost_sweep: -T levels={levels!r} must be an integer and -T span={span!r} a number (e.g. -T levels=8 -T span=3)") from None
+    if n < 2 or width <= 0:
         raise UsageError("boost_sweep needs levels >= 2 and span > 0 (e.g. -T levels=8 -T span=3)")
-    return [round(float(z), 4) for z in np.linspace(-float(span), float(span), int(levels))]
+    return [round(float(z), 4) for z in np.linspace(-width, width, n)]
 
 
 @task

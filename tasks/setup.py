@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any
 import yaml
 from inspect_ai.model import Model, get_model
 
+from esr_eval.calibration.cache import ThresholdCache
 from esr_eval.calibration.calibrator import Calibrator
 from esr_eval.config import (
     CONCRETENESS_OFF,
@@ -32,7 +35,11 @@ from esr_eval.sampling.prompts import Prompt, load_prompts
 from esr_eval.schema import FinetuneInfo
 from esr_eval.steering.dictionary import FeatureDictionary
 from esr_eval.steering.engine import SteeringEngine
-from esr_eval.steering.presets import get_preset
+from esr_eval.steering.presets import (
+    dictionary_spec,
+    get_preset,
+    local_dictionary_width,
+)
 
 EVAL_YAML = Path(__file__).parent / "eval.yaml"
 
@@ -50,12 +57,36 @@ def model_finetune_info(source: str) -> FinetuneInfo | None:
     return FinetuneInfo.of_model(preset.adapter if preset and preset.adapter else source)
 
 
+def eval_model_args() -> dict[str, Any]:
+    """The -M args of the running eval. Inspect drops them when no --model is given (it makes the
+    "none/none" model without them), so they are read from the eval call on the stack, then from
+    INSPECT_EVAL_MODEL_ARGS as Inspect itself would; {} outside an eval."""
+    from inspect_ai._util.config import resolve_args
+    from inspect_ai._util.constants import PKG_NAME
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(f"{PKG_NAME}._eval.") and "model_args" in frame.f_locals:
+            found = resolve_args(frame.f_locals["model_args"])
+            if found:
+                return found
+            break
+        frame = frame.f_back
+    env = os.environ.get("INSPECT_EVAL_MODEL_ARGS")
+    if env:
+        from inspect_ai._util.config import parse_cli_args
+
+        return parse_cli_args([arg.strip() for arg in env.split(" ")])
+    return {}
+
+
 def steered_model() -> tuple[Model | None, SteeredModelAPI]:
     """The evaluated model, or the embedded default when the user named none (then the Model
-    is returned so the task can pin it; a user's --model is never overridden)."""
+    is returned so the task can pin it; a user's --model is never overridden). The eval's -M args
+    apply to the default as they would to `--model steered/smollm2-135m`."""
     active = get_model()
     if str(active) == "none/none":
-        default = get_model(DEFAULT_MODEL)
+        default = get_model(DEFAULT_MODEL, **eval_model_args())
         return default, steered_api(default)  # type: ignore[return-value]
     api = steered_api(active)
     if api is None:
@@ -106,6 +137,34 @@ def concreteness_filter(choice: str, dictionary: FeatureDictionary) -> tuple[Con
     return rated_concreteness(run_async(rate_concreteness(choice, dict(dictionary.labels)))), None
 
 
+def check_against_width(a: TaskArgs, width: int | None) -> None:
+    """Pinned latents and n_latents against the dictionary's width, read before the model loads."""
+    if width is None:
+        return
+    outside = [k for k in a.latents or [] if k >= width]
+    if outside:
+        raise UsageError(
+            f"-T latents: latent {outside[0]} is outside the dictionary (0..{width - 1}): pick an index below its width "
+            "(`esr-eval latents --search WORD` lists them)"
+        )
+    if not a.latents and a.n_latents > width:
+        raise UsageError(f"-T n_latents={a.n_latents} exceeds the dictionary's {width} latents: ask for fewer")
+
+
+def check_context(engine: SteeringEngine, prompts: list[Prompt], max_tokens: int) -> None:
+    """Every prompt leaves room for a full answer in the model's context, so none is cut short."""
+    limit = engine.context_length()
+    if limit is None:
+        return
+    for p in prompts:
+        used = len(engine.prompt_ids([{"role": "user", "content": p.text}]))
+        if used + max_tokens > limit:
+            raise UsageError(
+                f"prompt {p.id} takes {used} tokens, which with max_tokens={max_tokens} exceeds the model's context of "
+                f"{limit} tokens: shorten the prompt or lower -T max_tokens to {max(limit - used, 0)} or less"
+            )
+
+
 def prepare(
     task: str,
     args: dict[str, Any],
@@ -120,10 +179,15 @@ def prepare(
     prompts = load_prompts(a.prompts)
     if a.prompts_per_latent > len(prompts):
         raise UsageError(f"prompts_per_latent must be 1..{len(prompts)} (the prompt set's size)")
+    ThresholdCache(a.threshold_cache).check_writable()
     default_model, api = steered_model()
+    api.check_source()
+    if not steer_dictionary:
+        check_against_width(a, local_dictionary_width(dictionary_spec(api.source, api.args.dictionary)))
     engine = api.engine
     if engine.dictionary is None:
         raise UsageError("the steered model has no dictionary: pass -M dictionary=... (or use a preset)")
+    check_context(engine, prompts, a.max_tokens)
     notes: list[str] = []
     steered = steer_dictionary(engine) if steer_dictionary else engine.dictionary
     dictionary_id = engine.add_dictionary(steered) if steer_dictionary else engine.dictionary_id

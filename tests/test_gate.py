@@ -82,8 +82,9 @@ def test_folder_gates_the_newest_log_of_each_run(tmp_path):
 
 
 def test_metric_missing(logs):
-    assert main(["gate", logs["ok"], "--expect", "no_such_metric >= 0"]) == 4
-    assert main(["gate", logs["ok"], "--expect", "no_such_metric >= 0", "--expect", "esr_rate <= 0"]) == 4
+    """A known metric that this log lacks (here: of a second judge that did not score it) is missing: exit 4."""
+    assert main(["gate", logs["ok"], "--expect", "second_judge/esr_rate >= 0"]) == 4
+    assert main(["gate", logs["ok"], "--expect", "second_judge/esr_rate >= 0", "--expect", "esr_rate <= 0"]) == 4
 
 
 def test_usage_errors(logs, tmp_path):

@@ -31,10 +31,10 @@ def test_misspelt_task_arg_is_refused_before_the_model_loads(tiny_model_dir, tin
     loads = count_loads(monkeypatch)
     for task in ("esr_eval/steering_resistance", "esr_eval/no_steering", "esr_eval/boost_sweep"):
         with pytest.raises(UsageError, match="unknown task args for .*: n_latent; accepted are .*n_latents") as err:
-            inspect_eval(task, model=f"steered/{tiny_model_dir}/x", task_args={"n_latent": 2}, log_dir=str(tmp_path), display="none")
+            inspect_eval(task, model=f"steered/{tiny_model_dir}", task_args={"n_latent": 2}, log_dir=str(tmp_path), display="none")
         assert "\n" not in str(err.value)
     with pytest.raises(UsageError, match="level; accepted are .*levels.*span"):
-        inspect_eval("esr_eval/boost_sweep", model=f"steered/{tiny_model_dir}/x", task_args={"level": 2}, log_dir=str(tmp_path), display="none")
+        inspect_eval("esr_eval/boost_sweep", model=f"steered/{tiny_model_dir}", task_args={"level": 2}, log_dir=str(tmp_path), display="none")
     assert loads == []
 
 

@@ -139,7 +139,7 @@ def test_relevance_filter_and_seeded_sampling(tiny_lm):
     c = sample_latents(tiny_lm, 3, [], seed=8)
     assert a.latents == b.latents and a.latents != c.latents
     with pytest.raises(ValueError, match="lower n_latents"):
-        sample_latents(tiny_lm, 3, prompts, seed=0, relevance="strict" if len(strict) == 64 else "topk", concreteness={})
+        sample_latents(tiny_lm, 3, prompts, seed=0, relevance="strict" if len(strict) == 64 else "topk", concreteness=lambda k: None)
 
 
 def test_firing_frequencies_read_from_latent_stats(tmp_path):

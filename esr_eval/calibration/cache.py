@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from esr_eval.calibration.bisection import CalibrationResult
-from esr_eval.files import read_jsonl_cache, update_jsonl_cache
+from esr_eval.files import check_writable, read_jsonl_cache, update_jsonl_cache
 from esr_eval.steering.models import cache_dir
 
 KEY_FIELDS = (
@@ -44,6 +44,10 @@ def prompt_set_hash(prompts: list[str]) -> str:
 class ThresholdCache:
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path else cache_dir() / "thresholds.jsonl"
+
+    def check_writable(self) -> None:
+        """Refuse an unwritable cache before calibration (whose thresholds it would lose)."""
+        check_writable(self.path, "threshold cache", "pass -T threshold_cache=FILE in a writable folder, or set ESR_EVAL_CACHE to one")
 
     @staticmethod
     def key(row: dict[str, Any]) -> str | None:

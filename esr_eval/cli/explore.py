@@ -14,7 +14,10 @@ def _generate(args: argparse.Namespace) -> int:
     from esr_eval.steering.engine import GenerationRequest
     from esr_eval.steering.intervention import Intervention
 
+    check_generate_args(args)
     engine = engine_from(args)
+    if args.latent is not None and engine.dictionary is not None:
+        engine.dictionary.check_latent(args.latent)
     steering = [Intervention(args.latent, args.value, args.mode)] if args.latent is not None else []
 
     def request(interventions: list[Intervention]) -> GenerationRequest:
@@ -30,6 +33,23 @@ def _generate(args: argparse.Namespace) -> int:
     table.add_row(plain.text, steered.text)
     console().print(table)
     return 0
+
+
+def check_generate_args(args: argparse.Namespace) -> None:
+    """Refuse settings that cannot generate, before the model loads."""
+    import math
+
+    from esr_eval.config import check_latent_list
+    from esr_eval.errors import UsageError
+
+    if not math.isfinite(args.value):
+        raise UsageError(f"--value {args.value} is not a finite number: give the boost, e.g. --value 8")
+    if args.max_tokens < 1:
+        raise UsageError(f"--max-tokens {args.max_tokens} must be at least 1")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise UsageError(f"--temperature {args.temperature} must be a number >= 0 (0: greedy)")
+    if args.latent is not None:
+        check_latent_list([args.latent], "--latent")
 
 
 def _sampled(args: argparse.Namespace) -> tuple[object, list[int], str]:

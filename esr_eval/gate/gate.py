@@ -10,10 +10,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from inspect_ai.log import EvalLog, read_eval_log
+from inspect_ai.log import EvalLog
 
 from esr_eval.errors import MissingFileError, UsageError
-from esr_eval.results.logs import log_trials, newest_log_files, short_model, short_task
+from esr_eval.results.logs import (
+    log_trials,
+    newest_log_files,
+    read_log,
+    short_model,
+    short_task,
+)
 from esr_eval.results.stats import Summary, all_metric_names
 
 EXIT_PASS, EXIT_BREACH, EXIT_USAGE, EXIT_NOT_SUCCESS, EXIT_MISSING = 0, 1, 2, 3, 4
@@ -90,7 +96,7 @@ def baseline_counts(source: str, scorer: str | None = None) -> tuple[int, int, i
                 raise UsageError(f"baseline {source} lacks {err}: give multi_attempt and esr (counts) or *_rate") from None
     n = multi = esr = 0
     for f in newest_log_files([source]):
-        log = read_eval_log(f)
+        log = read_log(f)
         if log.status != "success":
             raise UsageError(f"baseline log {f} has status {log.status}: rerun it, or point --baseline at a successful run")
         s = Summary(log_trials(log, scorer))
@@ -185,6 +191,29 @@ def gate_log(
     return checks
 
 
+def check_metric_names(expects: list[Expectation], logs: list[EvalLog]) -> None:
+    """A metric no ESR scorer writes and no log holds is a typo (exit 2), not a missing value (4)."""
+    import difflib
+
+    known = {"n", "judge_errors", *all_metric_names()}
+    in_logs = {
+        key
+        for log in logs
+        for score in (log.results.scores if log.results else []) or []
+        for name in score.metrics
+        for key in (name, f"{score.name}/{name}")
+    }
+    for e in expects:
+        if e.metric not in in_logs and e.metric.split("/")[-1] not in known:
+            close = difflib.get_close_matches(e.metric.split("/")[-1], sorted(known), n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            names = sorted(k for k in known if not k.endswith(("_ci_low", "_ci_high")))
+            raise UsageError(
+                f"--expect {e}: no metric is called {e.metric!r}; {hint}known are {', '.join(names)} "
+                "(each rate and mean also has _ci_low and _ci_high; prefix SCORER/ to pick a scorer)"
+            )
+
+
 def run_gate(
     logs: list[str],
     expects: list[str],
@@ -204,6 +233,8 @@ def run_gate(
     files = newest_log_files(logs)
     if not files:
         raise MissingFileError(f"no Inspect logs in {', '.join(logs)}: run `inspect eval ... --log-dir DIR` first")
-    checks = [c for f in files for c in gate_log(f, read_eval_log(f), parsed, base, alpha, test, scorer, other)]
+    logs = [(f, read_log(f)) for f in files]
+    check_metric_names(parsed, [log for _, log in logs])
+    checks = [c for f, log in logs for c in gate_log(f, log, parsed, base, alpha, test, scorer, other)]
     codes = {c.code for c in checks}
     return next(code for code in SEVERITY if code in codes or code == EXIT_PASS), checks

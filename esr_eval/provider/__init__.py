@@ -28,8 +28,8 @@ from esr_eval.errors import UsageError
 from esr_eval.steering.engine import GenerationRequest, SteeringEngine
 from esr_eval.steering.intervention import steering_from_extra_body
 from esr_eval.steering.load import load_engine, preflight
-from esr_eval.steering.models import model_fingerprint
-from esr_eval.steering.presets import get_preset
+from esr_eval.steering.models import check_device, model_fingerprint
+from esr_eval.steering.presets import check_model_source, get_preset, model_layer_count
 
 
 def _message_dicts(messages: list[ChatMessage]) -> list[dict[str, str]]:
@@ -47,6 +47,8 @@ class SteeredModelAPI(ModelAPI):
     ) -> None:
         super().__init__(model_name=model_name, base_url=base_url, api_key=api_key, config=config)
         self.args = ModelArgs.parse(model_args)
+        if self.args.engine == "hf":
+            check_device(self.args.device)
         if self.args.engine == "hf" and self.base_url is not None:
             raise UsageError("--model-base-url names a vLLM server: add -M engine=vllm (the HF engine runs in process)")
         preflight(self.args.engine, self.args.backend_args(self.base_url))  # before any weights load
@@ -54,6 +56,14 @@ class SteeredModelAPI(ModelAPI):
         preset = get_preset(model_name)
         default_penalty = preset.repetition_penalty if preset else GENERATION.repetition_penalty
         self.repetition_penalty = self.args.repetition_penalty if self.args.repetition_penalty is not None else default_penalty
+
+    def check_source(self) -> None:
+        """The model names something loadable and -M layer lies inside it, known without loading
+        (the task checks it first; logs are read with providers that never load)."""
+        check_model_source(self.source)
+        layers = model_layer_count(self.source)
+        if self.args.layer is not None and layers is not None and self.args.layer >= layers:
+            raise UsageError(f"-M layer={self.args.layer} is outside {self.source} (layers 0..{layers - 1}): pass a layer inside the model")
 
     @functools.cached_property
     def model_key(self) -> str:
@@ -65,6 +75,7 @@ class SteeredModelAPI(ModelAPI):
     @property
     def engine(self) -> SteeringEngine:
         """Loaded on first use (Inspect may build a provider only to read its info)."""
+        self.check_source()
         a = self.args
         return load_engine(
             self.source, a.dictionary, a.layer, a.labels, a.dtype, a.device, a.engine, a.max_batch_size, **a.backend_args(self.base_url)

@@ -15,7 +15,7 @@ from typing import Any
 
 from inspect_ai.log import EvalLog, EvalSample, list_eval_logs, read_eval_log
 
-from esr_eval.errors import MissingFileError, UsageError
+from esr_eval.errors import DataFileError, MissingFileError, UsageError
 from esr_eval.results.stats import Summary
 from esr_eval.schema import FinetuneInfo, Trial, TrialValue
 
@@ -34,6 +34,17 @@ def log_paths(paths: Iterable[str | Path]) -> list[str]:
     return found
 
 
+def read_log(path: str | Path, header_only: bool = False) -> EvalLog:
+    """One Inspect log; a file that is not one is an error naming it (not a zip or JSON traceback)."""
+    try:
+        return read_eval_log(str(path), header_only=header_only)
+    except FileNotFoundError:
+        raise MissingFileError(f"no log at {path}: pass an Inspect log file (.eval/.json) or a log folder") from None
+    except Exception as err:
+        reason = " ".join(str(err).split())[:100] or type(err).__name__
+        raise DataFileError(path, None, f"is not a readable Inspect log ({reason})", "pass a log written by `inspect eval`") from None
+
+
 def read_logs(paths: Iterable[str | Path], header_only: bool = False) -> list[EvalLog]:
     paths = list(paths)
     files = log_paths(paths)
@@ -41,7 +52,7 @@ def read_logs(paths: Iterable[str | Path], header_only: bool = False) -> list[Ev
         raise MissingFileError(
             f"no Inspect logs in {', '.join(map(str, paths))}: run `inspect eval ... --log-dir DIR` first"
         )
-    return [read_eval_log(f, header_only=header_only) for f in files]
+    return [read_log(f, header_only=header_only) for f in files]
 
 
 def short_task(task: str) -> str:
@@ -168,7 +179,7 @@ def newest_log_files(paths: Iterable[str | Path]) -> list[str]:
     for p in paths:
         found = log_paths([p])
         if Path(p).is_dir():
-            headers = [read_eval_log(f, header_only=True) for f in found]
+            headers = [read_log(f, header_only=True) for f in found]
             found = [str(log.location) for log in newest_per_run(headers)]
         files += found
     return files

@@ -113,28 +113,36 @@ def sample_latents(
     rng = random.Random(seed)
     freq = firing_frequencies(dictionary)
     notes = [] if freq is not None else ["no latent_stats.json beside the dictionary: dead latents not filtered"]
-    relevant = relevant_latents(lm, prompts, relevance) if prompts else set()
     pool = list(range(dictionary.d_sae))
     rng.shuffle(pool)
+
+    def reason(k: int, relevant: set[int]) -> str | None:
+        if k in exclude:
+            return "trained on"
+        if not dictionary.label(k):
+            return "unlabelled"
+        if freq is not None and freq.get(k, 0.0) <= 0.0:
+            return "dead"
+        if k in relevant:
+            return "relevant"
+        return concreteness(k) if concreteness is not None else None
+
+    eligible = sum(reason(k, set()) is None for k in pool)
+    if eligible < n:  # known before the relevance pass reads the model over every prompt
+        raise UsageError(
+            f"only {eligible} latents pass the label, firing and concreteness filters (of the dictionary's {len(pool)}), "
+            f"{n} wanted: lower n_latents, pass -T concreteness=none, or use a dictionary with more labelled latents"
+        )
+    relevant = relevant_latents(lm, prompts, relevance) if prompts else set()
     dropped = {"unlabelled": 0, "dead": 0, "relevant": 0}
     kept: list[int] = []
     for start in range(0, len(pool), CANDIDATE_FACTOR * n):
         for k in pool[start : start + CANDIDATE_FACTOR * n]:
-            reason = None
-            if k in exclude:
-                reason = "trained on"
-            elif not dictionary.label(k):
-                reason = "unlabelled"
-            elif freq is not None and freq.get(k, 0.0) <= 0.0:
-                reason = "dead"
-            elif k in relevant:
-                reason = "relevant"
-            elif concreteness is not None:
-                reason = concreteness(k)
-            if reason is None:
+            why = reason(k, relevant)
+            if why is None:
                 kept.append(k)
             else:
-                dropped[reason] = dropped.get(reason, 0) + 1
+                dropped[why] = dropped.get(why, 0) + 1
         if len(kept) >= n:
             break
     if len(kept) < n:

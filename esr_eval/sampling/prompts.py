@@ -4,11 +4,12 @@ prompt / text / input / question field, optional id) or `.csv` (the same columns
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 from esr_eval.errors import DataFileError, MissingFileError, UsageError
-from esr_eval.files import read_jsonl
+from esr_eval.files import read_jsonl, read_text
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "prompts"
 DEFAULT_PROMPTS = ASSETS / "explain_how.jsonl"  # the evaluation set: 42 everyday "explain how" prompts
@@ -42,12 +43,12 @@ def load_prompts(path: str | Path | None = None) -> list[Prompt]:
         for i, row in enumerate(read_jsonl(path, "prompt file", FIX), 1):
             rows.append((None if row.get("id") is None else str(row["id"]), _field(row, path, i)))
     elif path.suffix == ".csv":
-        with path.open(newline="") as fh:
+        with io.StringIO(read_text(path), newline="") as fh:
             reader = csv.DictReader(fh)
             for i, row in enumerate(reader, 2):  # line 1 is the header
                 rows.append((row.get("id") or None, _field(row, path, i)))
     else:
-        lines = (line.strip() for line in path.read_text().splitlines())
+        lines = (line.strip() for line in read_text(path).splitlines())
         rows = [(None, line) for line in lines if line and not line.startswith("#")]
     prompts = [Prompt(str(i) if pid is None else pid, text) for i, (pid, text) in enumerate(rows) if text]
     if not prompts:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from esr_eval.errors import UsageError
+
 LABEL_FILES = ("labels.json", "labels.csv")
 DIRECTIONS_FILE = "directions.safetensors"
 
@@ -53,7 +55,7 @@ class FeatureDictionary(ABC):
 
     def check_latent(self, latent: int) -> None:
         if not 0 <= int(latent) < self.d_sae:
-            raise ValueError(
+            raise UsageError(
                 f"latent {latent} is outside dictionary {self.name!r} (0..{self.d_sae - 1}): "
                 "pick an index below its width (`esr-eval latents --search WORD` lists them)"
             )
@@ -65,12 +67,12 @@ class FeatureDictionary(ABC):
 
     def check_fits(self, hidden_size: int, n_layers: int) -> None:
         if self.d_model != hidden_size:
-            raise ValueError(
+            raise UsageError(
                 f"dictionary {self.name!r} has width {self.d_model} but the model's hidden size is "
                 f"{hidden_size}: use a dictionary trained on this model's residual stream"
             )
         if not 0 <= self.layer < n_layers:
-            raise ValueError(
+            raise UsageError(
                 f"dictionary {self.name!r} hooks layer {self.layer} but the model has layers "
                 f"0..{n_layers - 1}: pass a layer inside the model (-M layer=N)"
             )

@@ -6,7 +6,9 @@ running batch, and the read-outs that latent sampling, calibration, detectors an
 
 from __future__ import annotations
 
+import atexit
 import threading
+import weakref
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -52,11 +54,18 @@ def render_prompt_ids(tokenizer: Any, messages: list[Message], chat_template: bo
     return tokenizer(text + "\n\n", add_special_tokens=True)["input_ids"]
 
 
+_queues: "weakref.WeakSet[RequestQueue]" = weakref.WeakSet()
+STOP_WAIT_S = 10.0  # at exit, how long a worker may take to finish its decode step
+
+
 class RequestQueue:
     """Requests waiting for an engine's worker thread, each with the future its caller awaits.
 
     The worker (`serve(queue)`, started on the first submit) takes requests between its steps and
-    returns when `take` reports the queue idle; the next submit starts a new one."""
+    returns when `take` reports the queue idle (or stopped); the next submit starts a new one.
+    At interpreter exit (after Ctrl-C, say) every worker is stopped between two steps and joined:
+    a daemon thread killed inside a torch call aborts the process ("terminate called without an
+    active exception", exit 134) instead of letting it exit with its cancelled status."""
 
     def __init__(self, serve: Callable[["RequestQueue"], None], idle_s: float = 2.0, name: str = "steering-engine") -> None:
         self._serve = serve
@@ -65,10 +74,15 @@ class RequestQueue:
         self._worker: threading.Thread | None = None
         self.idle_s = idle_s
         self.name = name
+        self._stopped = False
+        _queues.add(self)
 
     def submit(self, request: GenerationRequest) -> Future:
         future: Future = Future()
         with self._ready:
+            if self._stopped:
+                future.set_exception(RuntimeError("the steering engine has stopped: the process is exiting"))
+                return future
             self._items.append((request, future))
             self._ready.notify()
             if self._worker is None:
@@ -80,8 +94,11 @@ class RequestQueue:
         """Up to `limit` waiting requests whose callers still wait for them. With `wait` (the worker
         has nothing running) block for the first; None tells the worker to stop (idle)."""
         with self._ready:
+            if self._stopped:
+                self._worker = None
+                return None
             if wait and not self._items:
-                self._ready.wait_for(lambda: bool(self._items), timeout=self.idle_s)
+                self._ready.wait_for(lambda: bool(self._items) or self._stopped, timeout=self.idle_s)
                 if not self._items:
                     self._worker = None
                     return None
@@ -94,6 +111,24 @@ class RequestQueue:
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def stop(self, timeout: float = STOP_WAIT_S) -> None:
+        """Fail the waiting requests, let the worker return after its current step, and join it."""
+        with self._ready:
+            self._stopped = True
+            worker, waiting = self._worker, list(self._items)
+            self._items.clear()
+            self._ready.notify_all()
+        for _, future in waiting:
+            future.cancel()
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout)
+
+
+@atexit.register
+def _stop_workers() -> None:
+    for queue in list(_queues):
+        queue.stop()
 
 
 def settle(future: Future, outcome: "GenerationResult | BaseException") -> None:
@@ -161,6 +196,10 @@ class SteeringEngine(ABC):
 
     @abstractmethod
     def prompt_ids(self, messages: list[Message]) -> list[int]: ...
+
+    def context_length(self) -> int | None:
+        """Tokens the model attends over (prompt + answer); None when the backend does not know."""
+        return None
 
     @abstractmethod
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:

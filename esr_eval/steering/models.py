@@ -20,6 +20,22 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ESR_EVAL_CACHE", Path.home() / ".cache" / "esr_eval"))
 
 
+def check_device(device: str) -> None:
+    """A device torch can use here: `cuda` without a visible CUDA device is refused before loading."""
+    from esr_eval.errors import UsageError
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise UsageError(f"device {device!r} is not a torch device: use cpu, cuda or cuda:N") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r} needs CUDA, but torch sees no CUDA device here: use -M device=cpu (--device cpu)")
+    if kind == "cuda" and torch.device(device).index is not None and torch.device(device).index >= torch.cuda.device_count():
+        raise UsageError(f"device {device!r} does not exist: this machine has cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"device {device!r} needs Apple's MPS, which torch does not see here: use -M device=cpu")
+
+
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype

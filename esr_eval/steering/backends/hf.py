@@ -120,6 +120,10 @@ class SteeredLM(SteeringEngine):
     def prompt_ids(self, messages: list[Message]) -> list[int]:
         return render_prompt_ids(self.tokenizer, messages, self.use_chat_template)
 
+    def context_length(self) -> int | None:
+        limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        return int(limit) if limit else None
+
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
