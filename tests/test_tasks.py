@@ -123,7 +123,8 @@ def test_non_steered_model_is_refused(tmp_path):
     assert not list(tmp_path.iterdir())  # refused before any log was started
 
 
-def test_relevance_filter_and_seeded_sampling(tiny_lm):
+def test_relevance_filter_and_seeded_sampling(tiny_lm, tmp_path, monkeypatch):
+    monkeypatch.setenv("ESR_EVAL_CACHE", str(tmp_path))  # the relevance pass's cache
     prompts = [[{"role": "user", "content": "Explain how to brew coffee."}], [{"role": "user", "content": "How do you tie a tie?"}]]
     top = relevant_latents(tiny_lm, prompts, "topk", top_k=5)
     strict = relevant_latents(tiny_lm, prompts, "strict")
