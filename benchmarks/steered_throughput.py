@@ -13,9 +13,8 @@ On the embedded model (CPU) it prints:
   3. 16 concurrent samples of an Inspect eval through the `steered` provider against the same 16
      requests one at a time (goal >= 6x);
   4. the HF engine's own batch-64 tokens/s against HF `generate` on the same batch.
-With --gpu it builds a random-weight Llama on the GPU instead (no download, no Inspect) and
-prints the engine against HF `generate`, steered / unsteered, and continuous against fixed
-batches on requests of mixed lengths.
+With --gpu it runs `benchmarks/gpu_throughput.py` instead (random-weight Llamas on the GPU, only
+torch and transformers needed; the arguments after --gpu go to it).
 """
 
 from __future__ import annotations
@@ -200,74 +199,24 @@ def cpu_main(args: argparse.Namespace) -> None:
     print(f"benchmark process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB; load average {os.getloadavg()[0]:.1f} at end")
 
 
-def gpu_main(args: argparse.Namespace) -> None:
-    """A random-weight Llama (about 1.1B parameters) on the GPU: throughput only."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from esr_eval.steering.backends.hf import SteeredLM
-    from esr_eval.steering.dictionary import DirectionSet
-    from esr_eval.steering.engine import GenerationRequest
-    from esr_eval.steering.intervention import Intervention
-
-    if not torch.cuda.is_available():
-        raise SystemExit("--gpu needs a CUDA device")
-    vocab = 32000
-    tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(vocab)}, unk_token="w2"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="w0", eos_token="w1")
-    config = LlamaConfig(vocab_size=vocab, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-                         num_key_value_heads=4, max_position_embeddings=4096, eos_token_id=1, pad_token_id=0)  # fmt: skip
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to("cuda", torch.bfloat16).eval()
-    layer = 11
-    directions = DirectionSet(torch.nn.functional.normalize(torch.randn(64, 2048), dim=-1), "random", layer, {})
-    lm = SteeredLM(model, tokenizer, directions, layer=layer, name="random-llama-1b", chat_template=False)
-    gen = torch.Generator().manual_seed(0)
-    lengths = torch.randint(20, 60, (args.gpu_batch,), generator=gen).tolist()
-    texts = [" ".join(f"w{t}" for t in torch.randint(3, vocab, (n,), generator=gen).tolist()) for n in lengths]
-    tokens = args.tokens * 2
-
-    def requests(steered: bool, budgets: list[int] | None = None) -> list[GenerationRequest]:
-        budgets = budgets or [tokens] * len(texts)
-        return [GenerationRequest([{"role": "user", "content": texts[i % len(texts)]}], (Intervention(i % 64, 4.0),) if steered else (),
-                                  b, 0.0, seed=i) for i, b in enumerate(budgets)]  # fmt: skip
-
-    def run(reqs: list[GenerationRequest], max_batch: int | None = None) -> int:
-        return sum(r.completion_tokens for r in lm.generate(reqs, max_batch_size=max_batch))
-
-    hf = hf_generate_rate(model, tokenizer, [lm.prompt_ids([{"role": "user", "content": t}]) for t in texts], tokens)
-    plain = rate(lambda: run(requests(False)))
-    steered = rate(lambda: run(requests(True)))
-    budgets = [tokens if i % 4 == 0 else tokens // 8 for i in range(4 * len(texts))]
-    continuous = rate(lambda: run(requests(False, budgets), args.gpu_batch), 1)
-
-    def fixed_batches() -> int:  # the same requests in fixed batches: a batch waits for its longest row
-        reqs = requests(False, budgets)
-        return sum(run(reqs[s : s + args.gpu_batch]) for s in range(0, len(reqs), args.gpu_batch))
-
-    fixed = rate(fixed_batches, 1)
-    print(f"GPU {torch.cuda.get_device_name()}: random Llama 1.1B bf16, batch {args.gpu_batch}, {tokens} new tokens")
-    print(f"  HF generate {hf:.0f} tok/s, engine unsteered {plain:.0f} tok/s, steered {steered:.0f} tok/s")
-    print(f"engine / HF generate tokens/s: {plain / hf:.2f}")
-    print(f"steered / unsteered tokens/s: {steered / plain:.2f}  (goal >= 0.9)")
-    print(f"continuous / fixed batches, mixed budgets (1 row in 4 makes {tokens} tokens, the rest {tokens // 8}): {continuous / fixed:.2f}")
-    print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per row in the engine and HF generate rows")
     parser.add_argument("--batch", type=int, default=16, help="batch of the steered / unsteered rows")
     parser.add_argument("--skip-eval", action="store_true", help="leave out the default eval (about 4 minutes)")
-    parser.add_argument("--gpu", action="store_true", help="a random-weight model on the GPU instead of the embedded model")
-    parser.add_argument("--gpu-batch", type=int, default=64)
+    parser.add_argument("--gpu", action="store_true", help="run benchmarks/gpu_throughput.py (the arguments after --gpu go to it)")
+    if "--gpu" in sys.argv:
+        import runpy
+
+        sys.argv = [str(Path(__file__).with_name("gpu_throughput.py")), *sys.argv[sys.argv.index("--gpu") + 1 :]]
+        runpy.run_path(sys.argv[0], run_name="__main__")
+        return
     args = parser.parse_args()
     os.environ.setdefault("INSPECT_DISPLAY", "none")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB, for vLLM's CPU build
-    (gpu_main if args.gpu else cpu_main)(args)
+    cpu_main(args)
 
 
 if __name__ == "__main__":

@@ -135,6 +135,23 @@ def layer_output_of(lm: SteeredLM, messages, answer: str) -> torch.Tensor:
     return record[0][0]
 
 
+def test_residual_read_out_stops_at_the_hook_layer_with_the_same_values(tiny_lm):
+    from esr_eval.steering.hooks import decoder_layers
+
+    ran_above: list[int] = []
+    handle = decoder_layers(tiny_lm.model)[tiny_lm.layer + 1].register_forward_hook(lambda *_: ran_above.append(1))
+    try:
+        (resid,) = tiny_lm.prompt_residuals([PROMPT], skip=0)
+        assert ran_above == []  # the layers above the read-out are not run
+        with torch.inference_mode():
+            full = tiny_lm.model(input_ids=torch.tensor([tiny_lm.prompt_ids(PROMPT)]), output_hidden_states=True)
+        assert len(ran_above) == 1
+    finally:
+        handle.remove()
+    assert torch.equal(resid, full.hidden_states[tiny_lm.layer + 1][0].float())
+    assert tiny_lm.generate([GenerationRequest(PROMPT, (), 3, 0.0, seed=0)])[0].completion_tokens == 3  # the hook is clear again
+
+
 def test_second_dictionary_steers_rows_that_name_it(tiny_lm):
     from esr_eval.steering.dictionary import DirectionSet
 

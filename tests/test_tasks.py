@@ -127,7 +127,8 @@ def test_non_steered_model_is_refused(tmp_path):
     assert not list(tmp_path.iterdir())  # refused before any log was started
 
 
-def test_relevance_filter_and_seeded_sampling(tiny_lm):
+def test_relevance_filter_and_seeded_sampling(tiny_lm, tmp_path, monkeypatch):
+    monkeypatch.setenv("ESR_EVAL_CACHE", str(tmp_path))  # the relevance pass's cache
     prompts = [[{"role": "user", "content": "Explain how to brew coffee."}], [{"role": "user", "content": "How do you tie a tie?"}]]
     top = relevant_latents(tiny_lm, prompts, "topk", top_k=5)
     strict = relevant_latents(tiny_lm, prompts, "strict")
@@ -140,6 +141,32 @@ def test_relevance_filter_and_seeded_sampling(tiny_lm):
     assert a.latents == b.latents and a.latents != c.latents
     with pytest.raises(ValueError, match="lower n_latents"):
         sample_latents(tiny_lm, 3, prompts, seed=0, relevance="strict" if len(strict) == 64 else "topk", concreteness=lambda k: None)
+
+
+def test_relevance_pass_is_cached_per_key(tiny_lm, tmp_path, monkeypatch):
+    from esr_eval.sampling.latents import relevance_cache_file
+
+    monkeypatch.setenv("ESR_EVAL_CACHE", str(tmp_path))
+    prompts = [[{"role": "user", "content": "Explain how to brew coffee."}], [{"role": "user", "content": "How do you tie a tie?"}]]
+    computed = relevant_latents(tiny_lm, prompts, "topk", top_k=5)
+    assert computed == relevant_latents(tiny_lm, prompts, "topk", top_k=5, cache=False)
+    file = relevance_cache_file(tiny_lm, prompts, "topk", 5)
+    assert json.loads(file.read_text()) == {"latents": sorted(computed)}
+    assert {relevance_cache_file(tiny_lm, prompts, "strict", 5), relevance_cache_file(tiny_lm, prompts, "topk", 6),
+            relevance_cache_file(tiny_lm, prompts[:1], "topk", 5)}.isdisjoint({file})  # fmt: skip
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("the cached result should be read, not computed")
+
+    monkeypatch.setattr(tiny_lm, "prompt_residuals", no_forward)
+    assert relevant_latents(tiny_lm, prompts, "topk", top_k=5) == computed
+    with pytest.raises(AssertionError, match="should be read"):  # another k is another key
+        relevant_latents(tiny_lm, prompts, "topk", top_k=6)
+    file.write_text("{not json")
+    monkeypatch.undo()
+    monkeypatch.setenv("ESR_EVAL_CACHE", str(tmp_path))
+    assert relevant_latents(tiny_lm, prompts, "topk", top_k=5) == computed  # a damaged file is computed again
+    assert json.loads(file.read_text()) == {"latents": sorted(computed)}
 
 
 def test_firing_frequencies_read_from_latent_stats(tmp_path):

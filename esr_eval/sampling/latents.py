@@ -5,15 +5,18 @@ concreteness rating of each label."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from esr_eval.config import CONCEPT_FILTER, ConceptFilter
 from esr_eval.errors import UsageError
-from esr_eval.files import read_json
+from esr_eval.files import atomic_write_text, read_json
 from esr_eval.steering.dictionary import FeatureDictionary
 from esr_eval.steering.engine import Message, SteeringEngine
 
@@ -44,11 +47,55 @@ def firing_frequencies(dictionary: FeatureDictionary) -> dict[int, float] | None
     return {int(k): float(v.get("frequency", v.get("firing_frequency", 0.0)) if isinstance(v, dict) else v) for k, v in freq.items()}
 
 
-def relevant_latents(lm: SteeringEngine, prompts: Sequence[list[Message]], rule: str = "topk", top_k: int = RELEVANCE_TOP_K) -> set[int]:
+def relevance_cache_file(lm: SteeringEngine, prompts: Sequence[list[Message]], rule: str, top_k: int) -> Path:
+    """Where the relevance pass's result is kept, named by everything that changes it: the
+    weights, the dictionary, the dtype, engine, device and torch that compute it, the prompts'
+    token ids, the rule and k."""
+    from esr_eval.steering.models import cache_dir, model_fingerprint
+    from esr_eval.steering.presets import get_preset
+
+    preset = get_preset(lm.name)
+    key = {
+        "model": preset.model_key() if preset else model_fingerprint(lm.name),
+        "dictionary": lm.dictionary_id,
+        "dtype": getattr(lm, "dtype", None),
+        "engine": type(lm).__name__,
+        "device": str(getattr(lm, "layer_device", "")),
+        "torch": torch.__version__,
+        "prompts": [lm.prompt_ids(m) for m in prompts],
+        "rule": rule,
+        "top_k": top_k,
+    }
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / "relevance" / f"{digest}.json"
+
+
+def relevant_latents(
+    lm: SteeringEngine, prompts: Sequence[list[Message]], rule: str = "topk", top_k: int = RELEVANCE_TOP_K, cache: bool = True
+) -> set[int]:
     """Latents tied to the prompts: among the `top_k` by max activation on any prompt ("topk"),
-    or active at all on any prompt ("strict": only latents exactly 0 everywhere survive)."""
+    or active at all on any prompt ("strict": only latents exactly 0 everywhere survive).
+    With `cache`, the result is kept in the cache folder (one forward per prompt is most of a
+    small eval's start-up on a CPU) and read back by later runs with the same key."""
     if rule not in ("topk", "strict"):
         raise ValueError(f"relevance rule {rule!r} is unknown: use topk or strict")
+    assert lm.dictionary is not None
+    file = relevance_cache_file(lm, prompts, rule, top_k) if cache else None
+    if file is not None and file.exists():
+        try:
+            return set(json.loads(file.read_text())["latents"])
+        except (ValueError, KeyError, TypeError):
+            pass  # a damaged file: computed again and rewritten
+    found = _relevant_latents(lm, prompts, rule, top_k)
+    if file is not None:
+        try:
+            atomic_write_text(file, json.dumps({"latents": sorted(found)}))
+        except OSError:
+            pass  # a read-only cache only costs time
+    return found
+
+
+def _relevant_latents(lm: SteeringEngine, prompts: Sequence[list[Message]], rule: str, top_k: int) -> set[int]:
     assert lm.dictionary is not None
     found: set[int] = set()
     for resid in lm.prompt_residuals(prompts):

@@ -125,6 +125,11 @@ class BatchSteering:
         return h
 
 
+class StopForward(Exception):
+    """Raised by the hook once it has recorded the residual a read-out wants: the layers above it
+    (and the logits) would change nothing read, so they are not run."""
+
+
 class ResidualHooks:
     """Forward hook on one decoder layer's output: applies the current batch's steering, and
     optionally records the (steered) residual for read-out.
@@ -136,6 +141,7 @@ class ResidualHooks:
     def __init__(self, layer: nn.Module) -> None:
         self.steering: BatchSteering | None = None
         self.record: list[torch.Tensor] | None = None
+        self.stop = False
         self._lock = threading.RLock()
         self._handle = layer.register_forward_hook(self._hook)
 
@@ -147,18 +153,26 @@ class ResidualHooks:
             h = self.steering.apply(h)
         if self.record is not None:
             self.record.append(h.detach())
+            if self.stop:
+                raise StopForward
         return _replace_hidden(output, h)
 
     @contextmanager
-    def active(self, steering: BatchSteering | None, record: bool = False) -> Iterator[list[torch.Tensor]]:
+    def active(self, steering: BatchSteering | None, record: bool = False, stop: bool = False) -> Iterator[list[torch.Tensor]]:
+        """`stop` (with `record`): end the forward at this layer by raising StopForward, which
+        the context swallows; the caller reads the recorded residual and no logits."""
         with self._lock:
             self.steering = steering
             self.record = [] if record else None
+            self.stop = stop and record
             try:
                 yield self.record if record else []
+            except StopForward:
+                pass
             finally:
                 self.steering = None
                 self.record = None
+                self.stop = False
 
     def remove(self) -> None:
         self._handle.remove()

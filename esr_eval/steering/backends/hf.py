@@ -283,7 +283,7 @@ class SteeredLM(SteeringEngine):
         out = []
         for messages in prompts:
             ids = torch.tensor([self.prompt_ids(messages)], device=self.input_device)
-            with self.hooks.active(None, record=True) as record:
+            with self.hooks.active(None, record=True, stop=True) as record:
                 self._forward(ids, torch.ones_like(ids), None, None, last_only=True)
             out.append(record[0][0, skip:].float())
         return out
@@ -313,7 +313,7 @@ class SteeredLM(SteeringEngine):
             steering = BatchSteering.build(ivs, self.dictionary, self._dtype())
             ids, mask = self._left_pad(rows)
             positions = (mask.cumsum(-1) - 1).clamp_min(0)
-            with self.hooks.active(steering, record=True) as record:
+            with self.hooks.active(steering, record=True, stop=True) as record:
                 self._forward(ids, mask, positions, None, last_only=True)
             resid = record[0]
             for b, n in enumerate(n_answer):
