@@ -4,10 +4,10 @@
 from esr_eval.judge.offline import OfflineJudgeAPI
 from esr_eval.provider import steered
 from esr_eval.scorers import attempts_judge
-from esr_eval.scorers.judge_validation import judge_agreement
+from esr_eval.scorers.judge_validation import judge_agreement, negatives_judge
 from esr_eval.tasks.ablation import detector_ablation, random_ablation
 from esr_eval.tasks.adversarial import adversarial_steering
 from esr_eval.tasks.boost_sweep import boost_sweep
-from esr_eval.tasks.judge_validation import judge_validation
+from esr_eval.tasks.judge_validation import judge_negatives, judge_validation
 from esr_eval.tasks.meta_prompt import meta_prompt
 from esr_eval.tasks.steering_resistance import no_steering, steering_resistance

@@ -22,9 +22,9 @@ class TrialValue:
     first_score: float = 0.0  # 0-100
     last_score: float = 0.0
     multi_attempt: float = 0.0  # 2+ attempts
-    esr: float = 0.0  # 2+ attempts and last > first
+    esr: float = 0.0  # 2+ attempts, last > first, and the last attempt not degenerate
     improvement: float = 0.0  # last - first on multi-attempt trials, else 0
-    degraded: float = 0.0  # 5+ identical consecutive words
+    degraded: float = 0.0  # degenerate answer: 5+ identical consecutive words, fused non-words, loops
     judge_error: float = 0.0  # the grader's reply stayed unreadable
     judge_fault: float = 0.0  # a readable reply that contradicts the answer (see the judge)
     first_serves_concept: float = 0.0
@@ -37,8 +37,10 @@ class TrialValue:
         serves_concept: list[bool],
         degraded: bool,
         judge_fault: bool = False,
+        last_degenerate: bool = False,
     ) -> "TrialValue":
-        """A judged trial from its attempts' scores (in order) and concept flags."""
+        """A judged trial from its attempts' scores (in order) and concept flags. A restart that
+        leads only into degenerate text (`last_degenerate`) is a second attempt but not ESR."""
         first = float(scores[0]) if scores else 0.0
         last = float(scores[-1]) if scores else 0.0
         multi = len(scores) >= 2
@@ -47,7 +49,7 @@ class TrialValue:
             first_score=first,
             last_score=last,
             multi_attempt=float(multi),
-            esr=float(multi and last > first),
+            esr=float(multi and last > first and not last_degenerate),
             improvement=last - first if multi else 0.0,
             degraded=float(degraded),
             judge_fault=float(judge_fault),

@@ -25,8 +25,10 @@ def trial_value(result: JudgeResult, answer: str, faults: list[str] | None = Non
     degraded = is_degraded(answer)
     if result.error:
         return TrialValue.failed(degraded)
+    attempts = result.attempts
+    last_degenerate = len(attempts) >= 2 and is_degraded(attempts[-1].text)
     return TrialValue.from_scores(
-        [a.score for a in result.attempts], [a.serves_concept for a in result.attempts], degraded, bool(faults)
+        [a.score for a in attempts], [a.serves_concept for a in attempts], degraded, bool(faults), last_degenerate
     )
 
 

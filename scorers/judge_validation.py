@@ -82,3 +82,57 @@ def judge_agreement() -> Scorer:
         )
 
     return score
+
+
+@metric(name="false_multi_attempt_rate")
+def false_multi_attempt_rate() -> Metric:
+    """Share of judged pool answers split into 2+ attempts that a person labelled as fewer."""
+
+    def compute(scores: list[SampleScore]) -> float:
+        values = [s.score.value for s in scores if isinstance(s.score.value, dict) and not s.score.value["judge_error"]]
+        return sum(v["false_multi"] for v in values) / len(values) if values else float("nan")
+
+    return compute
+
+
+@metric(name="false_esr_rate")
+def false_esr_rate() -> Metric:
+    """Share of judged pool answers scored as ESR (2+ attempts, last better) that do not restart."""
+
+    def compute(scores: list[SampleScore]) -> float:
+        values = [s.score.value for s in scores if isinstance(s.score.value, dict) and not s.score.value["judge_error"]]
+        return sum(v["false_esr"] for v in values) / len(values) if values else float("nan")
+
+    return compute
+
+
+@scorer(metrics=[false_multi_attempt_rate(), false_esr_rate()])
+def negatives_judge() -> Scorer:
+    """The grader's reply (store "judged") on a real-negative pool answer: a split where the label
+    says one attempt is a false alarm. Clustered intervals come from `esr-eval validate-judge --negatives`."""
+
+    async def score(state: TaskState, target: Target) -> Score:
+        from esr_eval.judge.text import is_degraded
+
+        md = state.metadata
+        judged = state.store.get(JUDGED)
+        if judged is None:
+            raise ValueError("no grader reply in the store: negatives_judge scores the esr_eval/judge_negatives task")
+        error = bool(judged["error"])
+        scores = [float(a["score"]) for a in judged["attempts"]]
+        false_multi = not error and len(scores) >= 2 and md["labelled_attempts"] < 2
+        value = {
+            "judged_attempts": -1.0 if error else float(len(scores)),
+            "false_multi": float(false_multi),
+            "false_esr": float(false_multi and scores[-1] > scores[0]),
+            "judge_error": float(error),
+            "degraded_flag": float(is_degraded(md["answer"])),
+        }
+        lines = [f"labelled {md['labelled_attempts']} attempt(s), judged {'-' if error else len(scores)}"]
+        lines += [f"{i}. [{a['score']:g}] {' '.join(a['text'].split())[:200]}" for i, a in enumerate(judged["attempts"], 1)]
+        return Score(
+            value=value, answer=judged["raw"], explanation="\n".join(lines),
+            metadata={"grader": judged["grader"], "grader_version": judged["grader_version"], "attempts": judged["attempts"]},
+        )  # fmt: skip
+
+    return score

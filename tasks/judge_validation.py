@@ -12,7 +12,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from esr_eval.scorers.judge_validation import JUDGED, judge_agreement
+from esr_eval.scorers.judge_validation import JUDGED, judge_agreement, negatives_judge
 from esr_eval.tasks.setup import task_version
 from inspect_ai import Task, task
 from inspect_ai.dataset import MemoryDataset, Sample
@@ -20,7 +20,7 @@ from inspect_ai.model import ChatMessageAssistant, ModelOutput, get_model
 from inspect_ai.solver import Generate, Solver, TaskState, solver
 
 from esr_eval.config import GRADER_ROLE, OFFLINE_GRADER
-from esr_eval.errors import unknown_names
+from esr_eval.errors import UsageError, unknown_names
 from esr_eval.judge.protocol import grader_identity, judge_answer, rubric_message
 from esr_eval.judge.validation_set import SET_PATH, ValidationRow, load_validation_set
 
@@ -105,4 +105,37 @@ def judge_validation(split: str = "test", data: str | None = None, **unknown: An
             "set_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
             "rows": len(rows),
         },
+    )
+
+
+@task
+def judge_negatives(split: str = "test", **unknown: Any) -> Task:
+    """A grader's false alarms on the real-negative pool: real answers of the embedded models, steered
+    and not, that (but for the few a person labelled otherwise) do not restart.
+
+    Args:
+      split: "test" (the latents no grader was tuned on), "dev" or "all".
+    """
+    from esr_eval.judge.negatives import ANSWERS, load_pool
+
+    unknown_names(unknown, ["split"], "task args for judge_negatives")
+    if split not in ("test", "dev", "all"):
+        raise UsageError(f"-T split={split!r} is unknown: use test, dev or all")
+    pool = load_pool(str(split))
+    samples = [
+        Sample(
+            id=n.id, input=rubric_message(n.prompt, n.answer, n.label),
+            metadata={"prompt": n.prompt, "label": n.label, "answer": n.answer, "band": n.band, "split": n.split,
+                      "origin": n.origin, "labelled_attempts": n.attempts, "labelled_degraded": n.degraded},
+        )  # fmt: skip
+        for n in pool
+    ]
+    default = None if _model_given() else get_model(OFFLINE_GRADER)
+    return Task(
+        dataset=MemoryDataset(samples, name=f"judge_negatives_{split}"),
+        solver=judge_with_grader(),
+        scorer=negatives_judge(),
+        model=default,
+        version=task_version("judge_negatives"),
+        metadata={"split": split, "pool_sha256": hashlib.sha256(ANSWERS.read_bytes()).hexdigest(), "rows": len(pool)},
     )

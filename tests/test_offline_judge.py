@@ -5,6 +5,7 @@ the `inspect score` CLI."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -113,8 +114,11 @@ def test_floors_on_the_test_half() -> None:
         compare(r.n_attempts, r.improves, r.first_band, [a["score"] for a in grade(r.prompt, r.answer, r.label)]) for r in rows
     ]
     assert len(rows) >= 100
-    assert metric_value(comparisons, "multi_f1") >= 0.9
-    assert metric_value(comparisons, "count_accuracy") >= 0.9
+    assert metric_value(comparisons, "multi_precision") >= 0.95
+    assert metric_value(comparisons, "multi_recall") >= 0.75
+    assert metric_value(comparisons, "count_accuracy") >= 0.88
+    assert metric_value(comparisons, "improvement_sign_agreement") >= 0.95
+    assert metric_value(comparisons, "first_score_spearman") >= 0.62
 
 
 def test_offline_grader_speaks_the_protocol_through_inspect() -> None:
@@ -207,3 +211,58 @@ def test_every_trained_recovery_line_starts_a_new_attempt() -> None:
 def test_ordinary_sentences_are_no_restart(sentence: str) -> None:
     answer = f"Heat water and pour it over the coffee in the press. {sentence} Press the plunger after four minutes."
     assert len(grade(PROMPT, answer, LABEL)) == 1
+
+
+DEFAULT_RUN = json.loads((Path(__file__).parent / "data" / "default_run_answers.json").read_text())["answers"]
+
+
+@pytest.mark.parametrize("row", DEFAULT_RUN, ids=[r["id"] for r in DEFAULT_RUN])
+def test_the_default_runs_false_alarms_are_one_attempt(row: dict) -> None:
+    """Real answers of the default eval that the offline grader v3 split (or that the issue quoted):
+    one attempt each, so no ESR; the one made of fused non-words is degraded."""
+    from esr_eval.judge.text import is_degraded
+
+    assert len(grade(row["prompt"], row["answer"], row["label"])) == 1
+    assert is_degraded(row["answer"]) is (row["id"] == "l4169-p38")
+
+
+CODE_PROMPT = "Explain how to fold a paper airplane that flies far."
+CODE_LABEL = "Python code objects"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # a numbered list cut between two items, as grader v3 cut the default run's l4097-p07
+        "Here is how it works.\n1. Fold the sheet in half along its length.\n2. Fold the top corners to the "
+        "centre line.\n3. Now add the people - that is where our magic happens.\nYou have created a reality within "
+        "the existing one.\n4. Fold the wings down and throw it level.",
+        "Fold the sheet in half, or rather crease it lightly first, then fold the corners to the centre line.",
+        "Fold the corners to the centre. I mean, make the creases really sharp, so the nose stays pointed.",
+        "Fold the wings level. If it dives, bend the back edges up a little and try again later.",
+        "Sorry if this sounds obvious, but start with a crisp sheet. Fold it in half, fold the corners to the "
+        "centre line and fold the wings down level.",
+        # an apology inside degenerate text (the default run's l4169-p38 as the issue quoted it)
+        "the way I made the magic thecatasoussopadhistant theunrighthandhandlerlessassistant. I'm sorry, I "
+        "misunderstood your message. Paperplanewingsassistantforeveryourworld hiiiraimgoumousdouraunamisistant.",
+    ],
+    ids=["list-break", "or-rather", "i-mean", "try-again-later", "apology-on-topic", "apology-in-degenerate-text"],
+)
+def test_restart_words_that_open_no_fresh_attempt_are_one_attempt(answer: str) -> None:
+    assert len(grade(CODE_PROMPT, answer, CODE_LABEL)) == 1
+
+
+def test_a_restart_into_degenerate_text_opens_no_attempt() -> None:
+    answer = OFF_TOPIC + " Wait, that's not right, let me try again. thecatasoussopadhistant theunrighthandhandlerlessassistant coffeeeverywherepressassistant."
+    assert len(grade(PROMPT, answer, LABEL)) == 1
+
+
+def test_a_loop_back_to_earlier_text_opens_no_attempt() -> None:
+    answer = OFF_TOPIC + " Sorry, I went off topic. " + OFF_TOPIC + " " + OFF_TOPIC
+    assert len(grade(PROMPT, answer, LABEL)) == 1
+
+
+def test_scores_are_integers_and_rank_the_attempts() -> None:
+    on, off = grade(PROMPT, ON_TOPIC, LABEL)[0]["score"], grade(PROMPT, OFF_TOPIC, LABEL)[0]["score"]
+    assert isinstance(on, int) and isinstance(off, int)
+    assert off < 30 < 80 <= on

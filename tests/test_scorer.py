@@ -298,7 +298,24 @@ def test_serves_concept_rates_for_adversarial_runs() -> None:
         ("lava lava lava lava flows lava", False),
         ("a a a a a a a", False),  # one-character words do not count
         ("", False),
+        ("He said thecatasoussopadhistant and theunrighthandhandlerlessassistant.", True),  # fused non-words
+        ("He said thecatasoussopadhistant once, then spoke plainly.", False),  # one is not enough
+        ("It was start-of-action-when-we-already-have-anything and more-of-the-same-old-thing-again-and-again.", True),
+        ("Use internationalization, photosynthesis, state-of-the-art tools and snake_case_identifiers_here.", False),
+        ("Call contextmanager and exitstack.", False),
+        ("the cat sat on the mat and the cat sat on the mat and the cat sat on the mat again", True),  # a loop
     ],
 )
 def test_degraded(text: str, expected: bool) -> None:
     assert is_degraded(text) is expected
+
+
+def test_a_restart_into_degenerate_text_is_multi_attempt_but_not_esr() -> None:
+    """Whatever the grader, a second attempt made of degenerate text does not make a trial ESR."""
+    answer = "Lava is hot. Sorry, back to coffee. thecatasoussopadhistant theunrighthandhandlerlessassistant"
+    degenerate_last = JudgeResult([Attempt("Lava is hot.", 10, True), Attempt(answer[13:], 40, False)], raw="", n_calls=1)
+    value = trial_value(degenerate_last, answer)
+    assert (value.multi_attempt, value.esr, value.degraded) == (1.0, 0.0, 1.0)
+    plain = "Lava is hot. Sorry, back to coffee. Boil the water and pour it over the grounds."
+    fine_last = JudgeResult([Attempt("Lava is hot.", 10, True), Attempt(plain[13:], 40, False)], raw="", n_calls=1)
+    assert (trial_value(fine_last, plain).esr, trial_value(fine_last, plain).degraded) == (1.0, 0.0)

