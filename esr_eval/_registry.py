@@ -9,5 +9,7 @@ from esr_eval.tasks.ablation import detector_ablation, random_ablation
 from esr_eval.tasks.adversarial import adversarial_steering
 from esr_eval.tasks.boost_sweep import boost_sweep
 from esr_eval.tasks.judge_validation import judge_negatives, judge_validation
+from esr_eval.tasks.matched_prefix import matched_prefix
 from esr_eval.tasks.meta_prompt import meta_prompt
+from esr_eval.tasks.prefill_detection import prefill_detection
 from esr_eval.tasks.steering_resistance import no_steering, steering_resistance

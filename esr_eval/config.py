@@ -51,6 +51,17 @@ class ConceptFilter:
 
 
 CONCEPT_FILTER = ConceptFilter()
+@dataclass(frozen=True)
+class Continuation:
+    """The continuation controls (prefill_detection, matched_prefix): METHOD.md's v2 section."""
+
+    prefix_tokens: int = 48  # prefill: the prefix is the most whole sentences within this budget
+    max_first_score: float = 30.0  # prefill: the source answer went off topic (first attempt <= this)
+    on_topic_tokens: int = 16  # matched prefix: tokens kept after the restart (k)
+    control_sets: int = 1  # prefill: random-latent sets ablated (each a condition's run per pair)
+
+
+CONTINUATION = Continuation()
 CONCRETENESS_OFFLINE = "offline"  # -T concreteness=offline (the default): read latent_stats.json
 CONCRETENESS_OFF = "none"
 

@@ -96,6 +96,39 @@ class Trial:
     epoch: int = 1
 
 
+# ------------------------------------------------------------------ a steered answer to continue
+
+
+@dataclass(frozen=True)
+class SourceAnswer:
+    """A steered answer that the continuation controls (prefill_detection, matched_prefix) start
+    from: read from an eval log, a shipped prefix set or the judge-validation set. Offsets are
+    characters of `answer`: no restart starts before `clean_end`; `restart_start` / `restart_end`
+    bound the first restart's words (None when the answer has none)."""
+
+    id: str
+    model: str | None
+    prompt: str
+    label: str
+    answer: str
+    first_score: float
+    clean_end: int
+    latent: int | None = None
+    boost: float | None = None
+    prompt_id: str | None = None
+    restart_start: int | None = None
+    restart_end: int | None = None
+    origin: dict[str, Any] = field(default_factory=dict)  # log, sample id, task: where it came from
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SourceAnswer":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
 # ------------------------------------------------------------------ the detectors file
 
 

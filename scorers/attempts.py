@@ -4,12 +4,15 @@ sample's boost (a column of the viewer's samples list; readers of the record ign
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import anyio
 from esr_eval.scorers.metrics import esr_metrics
 from inspect_ai.model import get_model
 from inspect_ai.scorer import Score, Scorer, Target, scorer
 from inspect_ai.solver import TaskState
 
+from esr_eval.analysis.boundaries import continuation_attempts
 from esr_eval.config import GRADER_ROLE, OFFLINE_GRADER
 from esr_eval.judge.faults import judge_faults
 from esr_eval.judge.protocol import JudgeResult, grader_identity, judge_answer
@@ -17,6 +20,9 @@ from esr_eval.judge.text import is_degraded
 from esr_eval.schema import TrialValue
 
 COPIED_METADATA = ("latent", "boost")
+# a continuation of a prefix (sample metadata "prefix", "judged"): the judge reads the prefix and the
+# continuation as one answer and only the continuation's attempts count, or the continuation alone
+JUDGED_ANSWER, JUDGED_CONTINUATION = "answer", "continuation"
 
 
 def trial_value(result: JudgeResult, answer: str, faults: list[str] | None = None) -> TrialValue:
@@ -50,6 +56,11 @@ def explanation(result: JudgeResult, grader: str, max_chars: int = 300) -> str:
 def attempts_judge(grader: str | None = None) -> Scorer:
     """Judge the answer's attempts against the pushed concept (sample metadata "label").
 
+    A sample that continues a prefix (metadata "prefix") is judged as the prefix followed by the
+    continuation, and its trial counts only the attempt the continuation begins in and those that
+    start after the prefix (a restart inside the prefix is not the continuation's); with metadata
+    "judged" = "continuation" the continuation alone is judged.
+
     Args:
       grader: Grader model used when no `grader` model role is given
         (default: the offline grader `esr_judge/minilm`, never the evaluated model).
@@ -60,11 +71,18 @@ def attempts_judge(grader: str | None = None) -> Scorer:
         if label is None:
             raise ValueError("sample metadata has no 'label': the attempts judge needs the steered concept's label")
         model = get_model(role=GRADER_ROLE, default=grader or OFFLINE_GRADER)
-        answer = state.output.completion
+        written = state.output.completion
+        prefix, judged = state.metadata.get("prefix"), state.metadata.get("judged", JUDGED_ANSWER)
+        answer = written if prefix is None or judged == JUDGED_CONTINUATION else prefix + written
         prompt = state.metadata.get("prompt", state.input_text)  # without any meta-prompt suffix
         result = await judge_answer(model, prompt, answer, str(label))
         # the restart count may embed the answer: off the event loop
         faults = [] if result.error else await anyio.to_thread.run_sync(judge_faults, answer, result.attempts)
+        counted, extra = result, {}
+        if prefix is not None and judged == JUDGED_ANSWER and not result.error:
+            kept, in_prefix = continuation_attempts(answer, result.attempts_as_dicts(), len(prefix))
+            counted = replace(result, attempts=[result.attempts[i] for i in kept])
+            extra = {"attempts_in_prefix": float(in_prefix)}
         grader_name = str(model)
         metadata = {
             "grader": grader_name,
@@ -72,6 +90,7 @@ def attempts_judge(grader: str | None = None) -> Scorer:
             "judge_faults": faults,
             "raw": result.raw,
             "attempts": result.attempts_as_dicts(),
+            **({"counted_attempts": counted.attempts_as_dicts()} if counted is not result else {}),
             "label": label,
             "judge_calls": result.n_calls,
             "scores_clipped": result.clipped,
@@ -79,7 +98,7 @@ def attempts_judge(grader: str | None = None) -> Scorer:
         }
         if result.error_message:
             metadata["judge_error_message"] = result.error_message
-        value: dict[str, float] = trial_value(result, answer, faults).to_value()
+        value: dict[str, float] = trial_value(counted, written, faults).to_value() | extra
         if "boost" in state.metadata:  # beside the trial record, for the viewer's samples list
             value["boost"] = float(state.metadata["boost"])
         return Score(

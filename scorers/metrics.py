@@ -23,8 +23,10 @@ from esr_eval.results.stats import (
     ESR_METRIC_NAMES,
     METRIC_GROUPS,
     OMITTED_UNLESS_DEGRADED,
+    PairedTrial,
     Summary,
     metric_description,
+    paired_figures,
 )
 from esr_eval.schema import Trial, TrialValue
 
@@ -113,3 +115,19 @@ def grouped_esr_metrics(group_key: str, names: Iterable[str] | None = None, incl
         )
         for name in _checked(ESR_METRIC_NAMES if names is None else names)
     ]
+
+
+def paired_metrics(conditions: list[str], comparisons: list[tuple[str, str]]) -> Metric:
+    """The continuation controls' figures (`stats.paired_figures`): per condition the restart
+    rate in the continuation and the continuation's score, per comparison the paired difference,
+    each with its 95% interval clustered by latent."""
+
+    @metric(name="paired")
+    def paired() -> Metric:
+        def compute(scores: list[SampleScore]) -> dict[str, float]:
+            trials = [t for s in scores if (t := PairedTrial.of(s.score.value, s.sample_metadata, s.sample_id))]
+            return paired_figures(trials, conditions, comparisons)
+
+        return compute
+
+    return paired()

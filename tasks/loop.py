@@ -34,13 +34,16 @@ def viewer_config() -> ViewerConfig:
     return ViewerConfig(task_samples_view=TaskSamplesView(name="trials", columns=columns))
 
 
-def headline_metric(metrics: list[Metric] | None) -> HeadlineMetric:
-    """ESR rate: the log list's one number per run (over all groups where metrics are grouped)."""
+def headline_metric(metrics: list[Metric] | None, headline: str | None = None) -> HeadlineMetric:
+    """ESR rate: the log list's one number per run (over all groups where metrics are grouped),
+    unless the task names its own."""
     name = ESR_METRIC_NAMES[0]
-    return HeadlineMetric(scorer=SCORER, metric=name if metrics is None else f"{name}[all]")
+    return HeadlineMetric(scorer=SCORER, metric=headline or (name if metrics is None else f"{name}[all]"))
 
 
-def esr_task(setup: Setup, samples: list, name: str, metrics: list[Metric] | None = None, **metadata: Any) -> Task:
+def esr_task(
+    setup: Setup, samples: list, name: str, metrics: list[Metric] | None = None, headline: str | None = None, **metadata: Any
+) -> Task:
     """The one run loop every variant shares: steered generation, then the attempts judge.
     A model merged by `esr-eval finetune` leaves its mixing ratio and losses in the metadata."""
     tuned = model_finetune_info(setup.api.source)
@@ -54,7 +57,7 @@ def esr_task(setup: Setup, samples: list, name: str, metrics: list[Metric] | Non
         solver=steered_generate(setup.calibrator, setup.labels, setup.args.generation()),
         scorer=attempts_judge(),
         metrics=metrics,
-        headline_metric=headline_metric(metrics),
+        headline_metric=headline_metric(metrics, headline),
         viewer=viewer_config(),
         model=setup.default_model,
         version=task_version(name),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from inspect_ai.model import ChatMessageAssistant
 from inspect_ai.solver import Generate, Solver, TaskState, solver
 
 from esr_eval.calibration.calibrator import Calibrator
@@ -14,9 +15,10 @@ from esr_eval.steering.intervention import Intervention, steering_to_extra_body
 
 @solver
 def steered_generate(calibrator: Calibrator, labels: dict[int, str], generation: dict[str, Any]) -> Solver:
-    """The boost is the latent's threshold, zero, or a sweep level over all thresholds; the
-    steering (and any ablation) goes in `extra_body`. Each epoch draws its own seed
-    (metadata `generation_seed`), so repeated epochs are new trials."""
+    """The boost is the latent's threshold, zero, a sweep level over all thresholds, or given in
+    the metadata (rule "given"); the steering (and any ablation) goes in `extra_body`. Each epoch
+    draws its own seed (metadata `generation_seed`), so repeated epochs are new trials. A
+    metadata "prefix" is put in the assistant's turn, so the answer continues it."""
 
     async def solve(state: TaskState, generate: Generate) -> TaskState:
         md = state.metadata
@@ -36,6 +38,8 @@ def steered_generate(calibrator: Calibrator, labels: dict[int, str], generation:
         interventions += [Intervention(k, 0.0, "clamp") for k in md.get("ablated", [])]
         steering = steering_to_extra_body(interventions, calibrator.dictionary_id)
         md["generation_seed"] = epoch_seed(md["seed"], state.epoch)
+        if md.get("prefix"):  # the start of the answer, in the model's own turn: it continues it
+            state.messages.append(ChatMessageAssistant(content=md["prefix"]))
         return await generate(state, extra_body=steering, seed=md["generation_seed"], **generation)
 
     return solve

@@ -120,3 +120,22 @@ def boundary_tokens(tokenizer, answer: str, attempts: list) -> list[int | None]:
     """Token index where each attempt starts (None where its text was not found)."""
     offsets = token_offsets(tokenizer, answer)
     return [None if c is None else char_to_token(offsets, c) for c in attempt_starts(answer, attempts)]
+
+
+def continuation_attempts(answer: str, attempts: list, boundary: int) -> tuple[list[int], int]:
+    """Which judged attempts of `answer` (a prefix of `boundary` characters, then its
+    continuation) count for the continuation: the attempt the continuation begins in and every
+    attempt that starts at or after the boundary, as indices into `attempts`; and how many later
+    attempts start inside the prefix (or could not be located), which are not counted."""
+    starts = attempt_starts(answer, attempts)
+    opening = 0  # the attempt the continuation begins in: the last one located before the boundary
+    later: list[int] = []
+    not_counted = 0
+    for i, start in enumerate(starts[1:], 1):
+        if start is not None and start >= boundary:
+            later.append(i)
+        else:
+            not_counted += 1
+            if start is not None and not later:
+                opening = i
+    return ([opening] if attempts else []) + later, not_counted

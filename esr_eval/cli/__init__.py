@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "label-sae": ("esr_eval.cli.sae", "add_label_sae", "relabel an SAE written by train-sae"),
     "make-finetune-data": ("esr_eval.cli.finetune", "add_make_data", "write self-correction fine-tuning rows (jsonl)"),
     "finetune": ("esr_eval.cli.finetune", "add_finetune", "LoRA-tune a model on self-correction rows, merged"),
+    "build-prefixes": ("esr_eval.cli.prefixes", "add_build_prefixes", "the prefill_detection prefix set from steered eval logs"),
     "capability": ("esr_eval.cli.capability", "add_capability", "lm-eval accuracy plain vs steered vs ablated"),
     "compare": ("esr_eval.cli.compare", "add_compare", "run one task over several models and compare them"),
     "report": ("esr_eval.cli.report", "add_report", "markdown + HTML comparison report and plots over logs"),

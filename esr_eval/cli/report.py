@@ -8,16 +8,16 @@ from pathlib import Path
 from esr_eval.cli.common import console
 
 
-def print_tables(task_tables: dict[str, list[list[str]]]) -> None:
+def print_tables(task_tables: dict[str, list[list[str]]], columns: list[str] | None = None, suffix: str = "") -> None:
     from rich.table import Table
 
     from esr_eval.report.tables import COLUMNS
 
     screen = console()
     for task, rows in task_tables.items():
-        table = Table(title=task)
-        for c in COLUMNS:
-            table.add_column(c, justify="right" if c in ("n judged", "latents", "judge errors") else "left", overflow="fold")
+        table = Table(title=task + suffix)
+        for c in columns or COLUMNS:
+            table.add_column(c, justify="right" if c in ("n judged", "latents", "judge errors", "pairs") else "left", overflow="fold")
         for r in rows:
             table.add_row(*r)
         screen.print(table)
@@ -28,8 +28,11 @@ def _report(args: argparse.Namespace) -> int:
 
     first = Path(args.logs[0])
     out = args.out or (first if first.is_dir() else first.parent) / "report"
-    md, plots, task_tables = write_report(args.logs, out, args.scorer)
+    from esr_eval.report.tables import PAIRED_COLUMNS
+
+    md, plots, task_tables, panels = write_report(args.logs, out, args.scorer)
     print_tables(task_tables)
+    print_tables(panels, PAIRED_COLUMNS, ": paired conditions")
     print(f"wrote {md}, {md.with_suffix('.html')} and {len(plots)} plot(s)")
     return 0
 

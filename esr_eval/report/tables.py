@@ -9,8 +9,8 @@ from pathlib import Path
 from esr_eval.files import atomic_write_text
 from esr_eval.report.paper import PAPER, PAPER_MODEL, PAPER_PARAMS
 from esr_eval.report.runs import Run, load_runs, model_params
-from esr_eval.results.logs import task_params
-from esr_eval.results.stats import Estimate
+from esr_eval.results.logs import paired_trials, task_params
+from esr_eval.results.stats import Estimate, condition_estimate, paired_difference
 
 COLUMNS = [
     "model",
@@ -107,17 +107,79 @@ def tables(runs: list[Run]) -> dict[str, list[list[str]]]:
     return out
 
 
-def markdown(task_tables: dict[str, list[list[str]]], plots: list[Path]) -> str:
+# the continuation controls: their conditions and the paired comparisons the report shows
+PAIRED_PANELS: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
+    "prefill_detection": (["plain", "detectors", "random"], [("detectors", "plain"), ("random", "plain"), ("detectors", "random")]),
+    "matched_prefix": (["restart", "matched", "off"], [("restart", "matched"), ("restart", "off"), ("matched", "off")]),
+}
+PAIRED_COLUMNS = ["model", "task parameters", "condition", "pairs", "latents", "restart in continuation", "continuation score"]
+PAIRED_NOTE = (
+    "Each source answer is continued once per condition with one seed; a difference is the mean over the pairs "
+    "judged in both conditions (a minus b), with a t 95% interval clustered by latent."
+)
+
+
+def fmt_points(e: Estimate) -> str:
+    """A difference of rates in percentage points."""
+    if math.isnan(e.value):
+        return "-"
+    text = f"{100 * e.value:+.1f} pp"
+    return text + (f" [{100 * e.low:+.1f}, {100 * e.high:+.1f}]" if not math.isnan(e.low) else "")
+
+
+def paired_rows(runs: list[Run]) -> dict[str, list[list[str]]]:
+    """Per continuation task: a row per condition, then a row per paired comparison."""
+    out: dict[str, list[list[str]]] = {}
+    for run in runs:
+        if run.task not in PAIRED_PANELS:
+            continue
+        conditions, comparisons = PAIRED_PANELS[run.task]
+        trials = paired_trials(run.log, run.scorer)
+        rows = out.setdefault(run.task, [])
+        for c in conditions:
+            restart = condition_estimate(trials, c, "restart")
+            if restart.n:
+                score = condition_estimate(trials, c, "continuation_score")
+                rows.append([run.model, task_params(run.log) or "-", c, str(restart.n), str(restart.n_clusters), fmt_rate(restart), fmt_score(score)])
+        for a, b in comparisons:
+            restart = paired_difference(trials, a, b, "restart")
+            if restart.n:
+                score = paired_difference(trials, a, b, "continuation_score")
+                rows.append([run.model, task_params(run.log) or "-", f"{a} - {b}", str(restart.n), str(restart.n_clusters), fmt_points(restart), fmt_score(score)])
+    return out
+
+
+def markdown_paired(panels: dict[str, list[list[str]]]) -> list[str]:
+    lines: list[str] = []
+    for task, rows in panels.items():
+        lines += [f"## {task}: paired conditions", "", PAIRED_NOTE, "", "| " + " | ".join(PAIRED_COLUMNS) + " |", "|" + "---|" * len(PAIRED_COLUMNS)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+    return lines
+
+
+def html_paired(panels: dict[str, list[list[str]]]) -> list[str]:
+    esc = html.escape
+    parts = []
+    for task, rows in panels.items():
+        parts.append(f"<h2>{esc(task)}: paired conditions</h2><p>{esc(PAIRED_NOTE)}</p><table><tr>"
+                     + "".join(f"<th>{esc(c)}</th>" for c in PAIRED_COLUMNS) + "</tr>")  # fmt: skip
+        parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows]
+        parts.append("</table>")
+    return parts
+
+
+def markdown(task_tables: dict[str, list[list[str]]], plots: list[Path], panels: dict[str, list[list[str]]] | None = None) -> str:
     lines = ["# ESR comparison report", "", INTERVALS_NOTE, ""]
     for task, rows in task_tables.items():
         lines += [f"## {task}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
         lines += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+    lines += markdown_paired(panels or {})
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     return "\n".join(lines)
 
 
-def html_page(task_tables: dict[str, list[list[str]]], plots: list[Path]) -> str:
+def html_page(task_tables: dict[str, list[list[str]]], plots: list[Path], panels: dict[str, list[list[str]]] | None = None) -> str:
     esc = html.escape
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>ESR comparison report</title>",
@@ -129,12 +191,15 @@ def html_page(task_tables: dict[str, list[list[str]]], plots: list[Path]) -> str
         parts.append(f"<h2>{esc(task)}</h2><table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in COLUMNS) + "</tr>")
         parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows]
         parts.append("</table>")
+    parts += html_paired(panels or {})
     parts += [f"<img src='{esc(p.name)}' alt='{esc(p.stem)}'>" for p in plots]
     return "\n".join(parts + ["</body></html>"])
 
 
-def write_report(paths: list[str], out: str | Path, scorer: str | None = None) -> tuple[Path, list[Path], dict[str, list[list[str]]]]:
-    """report.md, report.html and the plots in `out`; returns them and the tables."""
+def write_report(
+    paths: list[str], out: str | Path, scorer: str | None = None
+) -> tuple[Path, list[Path], dict[str, list[list[str]]], dict[str, list[list[str]]]]:
+    """report.md, report.html and the plots in `out`; returns them, the tables and the paired panels."""
     from esr_eval.report.plots import write_plots
 
     runs = load_runs(paths, scorer)
@@ -142,6 +207,7 @@ def write_report(paths: list[str], out: str | Path, scorer: str | None = None) -
     out.mkdir(parents=True, exist_ok=True)
     plots = write_plots(runs, out)
     task_tables = tables(runs)
-    atomic_write_text(out / "report.html", html_page(task_tables, plots))
-    md = atomic_write_text(out / "report.md", markdown(task_tables, plots))
-    return md, plots, task_tables
+    panels = paired_rows(runs)
+    atomic_write_text(out / "report.html", html_page(task_tables, plots, panels))
+    md = atomic_write_text(out / "report.md", markdown(task_tables, plots, panels))
+    return md, plots, task_tables, panels

@@ -16,7 +16,7 @@ from typing import Any
 from inspect_ai.log import EvalLog, EvalSample, list_eval_logs, read_eval_log
 
 from esr_eval.errors import DataFileError, MissingFileError, UsageError
-from esr_eval.results.stats import Summary
+from esr_eval.results.stats import PairedTrial, Summary
 from esr_eval.schema import FinetuneInfo, Trial, TrialValue
 
 
@@ -183,3 +183,16 @@ def newest_log_files(paths: Iterable[str | Path]) -> list[str]:
             found = [str(log.location) for log in newest_per_run(headers)]
         files += found
     return files
+
+
+def paired_trials(log: EvalLog, scorer: str | None = None) -> list[PairedTrial]:
+    """The continuation controls' trials with their condition and pair (sample metadata)."""
+    name = primary_scorer(log, scorer)
+    if name is None:
+        return []
+    return [
+        t
+        for s in log.samples or []
+        if (score := (s.scores or {}).get(name)) is not None
+        and (t := PairedTrial.of(score.value, s.metadata, s.id)) is not None
+    ]

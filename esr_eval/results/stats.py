@@ -267,3 +267,78 @@ def all_metric_names() -> list[str]:
     extra = [n for n in COUNTS if n not in ESR_METRIC_NAMES]
     means = [n + s for n in MEANS for s in INTERVAL_SUFFIXES]
     return [*ESR_METRIC_NAMES, *ADVERSARIAL_METRIC_NAMES, *extra, *means]
+
+
+# ------------------------------------------------------------------ paired conditions
+# The continuation controls run each source answer (a pair) under several conditions with one
+# seed. Per condition: the restart rate in the continuation and the continuation's score (its
+# final attempt's); per comparison: the mean paired difference, a t interval clustered by latent.
+# A condition with several runs per pair (random control sets) counts the pair's mean.
+
+CONTINUATION_FIELDS: dict[str, str] = {"restart": "multi_attempt", "continuation_score": "last_score"}
+
+
+@dataclass(frozen=True)
+class PairedTrial:
+    condition: str
+    pair: Hashable  # the source answer: every condition of a pair shares its seed
+    trial: Trial
+
+    @classmethod
+    def of(cls, value: object, metadata: dict | None, sample_id: object = None) -> "PairedTrial | None":
+        """From a Score.value and its sample's metadata ("condition", "pair", "latent"); None when
+        the sample is not a continuation or the value not a trial."""
+        md = metadata or {}
+        if "condition" not in md or "pair" not in md or not TrialValue.is_value(value):
+            return None
+        latent = md.get("latent")
+        trial = Trial(TrialValue.from_value(value), None if latent is None else int(latent), sample_id)
+        return cls(str(md["condition"]), md["pair"], trial)
+
+
+def _pair_means(trials: Iterable[PairedTrial], condition: str, key: str) -> dict[Hashable, tuple[float, Hashable]]:
+    """Per pair: the condition's mean of `key` over its judged trials, and the pair's cluster."""
+    sums: dict[Hashable, list] = {}
+    for t in trials:
+        if t.condition == condition and t.trial.value.judged:
+            cluster = t.trial.latent if t.trial.latent is not None else ("pair", t.pair)
+            entry = sums.setdefault(t.pair, [0.0, 0, cluster])
+            entry[0] += getattr(t.trial.value, key)
+            entry[1] += 1
+    return {pair: (total / n, cluster) for pair, (total, n, cluster) in sums.items()}
+
+
+def condition_estimate(trials: Iterable[PairedTrial], condition: str, figure: str) -> Estimate:
+    """`restart` (a rate) or `continuation_score` (a mean) of one condition, over its pairs."""
+    means = _pair_means(trials, condition, CONTINUATION_FIELDS[figure])
+    values, clusters = [v for v, _ in means.values()], [c for _, c in means.values()]
+    return clustered_rate(values, clusters) if figure == "restart" else clustered_mean(values, clusters)
+
+
+def paired_difference(trials: Iterable[PairedTrial], a: str, b: str, figure: str) -> Estimate:
+    """Mean over pairs judged in both conditions of (a - b), with its clustered t interval."""
+    trials = list(trials)
+    key = CONTINUATION_FIELDS[figure]
+    in_a, in_b = _pair_means(trials, a, key), _pair_means(trials, b, key)
+    pairs = [p for p in in_a if p in in_b]
+    return clustered_mean([in_a[p][0] - in_b[p][0] for p in pairs], [in_a[p][1] for p in pairs])
+
+
+def paired_figures(trials: Iterable[PairedTrial], conditions: Sequence[str], comparisons: Sequence[tuple[str, str]]) -> dict[str, float]:
+    """Flat figures for a log: `restart_rate[c]`, `continuation_score[c]`, `n_pairs[c]` per
+    condition, `restart_diff[a-b]`, `continuation_score_diff[a-b]` per comparison, each estimate
+    with its `_ci_low` / `_ci_high`."""
+    trials = list(trials)
+    out: dict[str, float] = {}
+
+    def put(name: str, e: Estimate) -> None:
+        out.update({name: e.value, f"{name}_ci_low": e.low, f"{name}_ci_high": e.high})
+
+    for c in conditions:
+        put(f"restart_rate[{c}]", condition_estimate(trials, c, "restart"))
+        put(f"continuation_score[{c}]", condition_estimate(trials, c, "continuation_score"))
+        out[f"n_pairs[{c}]"] = float(len(_pair_means(trials, c, "judge_error")))
+    for a, b in comparisons:
+        put(f"restart_diff[{a}-{b}]", paired_difference(trials, a, b, "restart"))
+        put(f"continuation_score_diff[{a}-{b}]", paired_difference(trials, a, b, "continuation_score"))
+    return out

@@ -46,12 +46,21 @@ class GenerationResult:
 
 def render_prompt_ids(tokenizer: Any, messages: list[Message], chat_template: bool = True) -> list[int]:
     """Token ids of a conversation up to where the assistant's answer starts: the chat template
-    when the tokenizer has one, else plain text (base models)."""
+    when the tokenizer has one, else plain text (base models). A conversation that ends with an
+    assistant message is a partial answer (a prefill): it is left open for the model to continue
+    (its trailing whitespace dropped: the continuation's first token carries it)."""
+    prefill = bool(messages) and messages[-1]["role"] == "assistant"
+    if prefill:
+        messages = [*messages[:-1], {**messages[-1], "content": messages[-1]["content"].rstrip()}]
     if chat_template and tokenizer.chat_template is not None:
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=not prefill, continue_final_message=prefill, tokenize=True
+        )
         return list(ids["input_ids"] if hasattr(ids, "keys") else ids)  # transformers 5 may return a BatchEncoding
-    text = "\n\n".join(m["content"] if m["role"] != "assistant" else f"Answer: {m['content']}" for m in messages)
-    return tokenizer(text + "\n\n", add_special_tokens=True)["input_ids"]
+    history = messages[:-1] if prefill else messages
+    text = "\n\n".join(m["content"] if m["role"] != "assistant" else f"Answer: {m['content']}" for m in history) + "\n\n"
+    # a base model's answer starts right after the prompt, so a prefill continues there
+    return tokenizer(text + messages[-1]["content"] if prefill else text, add_special_tokens=True)["input_ids"]
 
 
 _queues: "weakref.WeakSet[RequestQueue]" = weakref.WeakSet()
