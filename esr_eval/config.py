@@ -15,6 +15,8 @@ DEFAULT_MODEL_NAME = "smollm2-135m"
 DEFAULT_MODEL = f"{PROVIDER}/{DEFAULT_MODEL_NAME}"
 OFFLINE_GRADER = "esr_judge/minilm"
 GRADER_ROLE = "grader"
+DISCOVERY_PROMPTS = "factual"  # find-detectors' default prompt set: the evaluation set (explain_how) stays held out
+OFF_TOPIC_MAX_SCORE = 30.0  # a steered answer whose first attempt scores at most this went off topic
 LM_EVAL_TASK = "esr_mc"  # the packaged multiple-choice task (esr_eval/assets/lm_eval)
 
 

@@ -132,6 +132,42 @@ class SourceAnswer:
 # ------------------------------------------------------------------ the detectors file
 
 
+@dataclass(frozen=True)
+class PromptSetRecord:
+    """The prompts detectors were discovered on: the set's name (or file), a hash of the whole
+    set, and each prompt's hash (`sampling.prompts.prompt_hash`), so a run on other prompts can
+    be checked for overlap without the discovery file at hand."""
+
+    set: str
+    sha1: str
+    prompt_hashes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, name: str, texts: list[str]) -> "PromptSetRecord":
+        import hashlib
+
+        from esr_eval.sampling.prompts import prompt_hash
+
+        hashes = tuple(prompt_hash(t) for t in texts)
+        return cls(name, hashlib.sha1("\n".join(hashes).encode()).hexdigest()[:16], hashes)
+
+    def shared(self, texts: list[str]) -> list[str]:
+        """The texts that are also discovery prompts (case and spacing aside)."""
+        from esr_eval.sampling.prompts import prompt_hash
+
+        known = set(self.prompt_hashes)
+        return [t for t in texts if prompt_hash(t) in known]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"set": self.set, "sha1": self.sha1, "prompt_hashes": list(self.prompt_hashes)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "PromptSetRecord | None":
+        if not isinstance(data, Mapping) or not isinstance(data.get("prompt_hashes"), list):
+            return None
+        return cls(str(data.get("set")), str(data.get("sha1")), tuple(str(h) for h in data["prompt_hashes"]))
+
+
 @dataclass
 class DetectorsFile:
     """What `esr-eval find-detectors` writes and the ablation tasks, `capability` and `episodes` read."""
@@ -143,6 +179,7 @@ class DetectorsFile:
     rule: str | None = None
     stats: list[dict[str, Any]] = field(default_factory=list)
     firing_frequency: list[float] = field(default_factory=list)
+    discovery_prompts: PromptSetRecord | None = None  # None: a file written before it was recorded
 
     FIX = "write one with `esr-eval find-detectors --out FILE`"
 
@@ -165,12 +202,31 @@ class DetectorsFile:
             rule=data.get("rule"),
             stats=list(data.get("stats") or []),
             firing_frequency=[float(f) for f in data.get("firing_frequency") or []],
+            discovery_prompts=PromptSetRecord.from_dict(data.get("discovery_prompts")),
         )
 
     def write(self, path: str | Path) -> Path:
         from esr_eval.files import atomic_write_text
 
-        return atomic_write_text(path, json.dumps(asdict(self), indent=1))
+        data = asdict(self)
+        data["discovery_prompts"] = self.discovery_prompts.to_dict() if self.discovery_prompts else None
+        return atomic_write_text(path, json.dumps(data, indent=1))
+
+    def check_held_out(self, texts: list[str], name: str, path: str | Path) -> str | None:
+        """Refuse prompts the detectors were discovered on; a note when the file records none."""
+        from esr_eval.errors import UsageError
+
+        record = self.discovery_prompts
+        if record is None:
+            return f"{path} records no discovery prompts: the ablation prompts were not checked for overlap"
+        shared = record.shared(texts)
+        if shared:
+            raise UsageError(
+                f"{len(shared)} of the {len(texts)} prompts in {name} were used to discover the detectors in {path} "
+                f"(prompts {record.set}, e.g. {shared[0]!r}): measure the ablation on held-out prompts "
+                f"(-T prompts=SET or FILE), or rediscover with `esr-eval find-detectors --prompts OTHER`"
+            )
+        return None
 
 
 # ------------------------------------------------------------------ fine-tuning

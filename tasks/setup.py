@@ -33,7 +33,7 @@ from esr_eval.sampling.latents import (
 )
 from esr_eval.sampling.prompts import Prompt, load_prompts
 from esr_eval.schema import FinetuneInfo
-from esr_eval.steering.dictionary import FeatureDictionary
+from esr_eval.steering.dictionary import DirectionSet, FeatureDictionary
 from esr_eval.steering.engine import SteeringEngine
 from esr_eval.steering.presets import (
     dictionary_spec,
@@ -126,6 +126,11 @@ def concreteness_filter(choice: str, dictionary: FeatureDictionary) -> tuple[Con
     "none" keeps every latent, anything else names a model that rates the labels."""
     if choice == CONCRETENESS_OFF:
         return None, "concreteness filter off (-T concreteness=none)"
+    if choice == CONCRETENESS_OFFLINE and isinstance(dictionary, DirectionSet):
+        return None, (
+            f"offline concreteness filter skipped: {dictionary.name} is a vector set, whose labels are the topics its vectors "
+            "were built from (pass -T concreteness=MODEL to have a model rate them)"
+        )
     if choice == CONCRETENESS_OFFLINE:
         found = offline_concreteness(dictionary)
         if found is None:

@@ -92,8 +92,10 @@ def test_region_statistics():
 LATENT, BOOST = 5, 6.0
 
 
-def _steered_log(tmp_path, tiny_model_dir, tiny_sae_dir):
-    """Real steered generations from the tiny model; a judge that splits each answer in two halves."""
+def _steered_log(tmp_path, tiny_model_dir, tiny_sae_dir, single: dict[int, float] | None = None):
+    """Real steered generations from the tiny model; a judge that splits each answer in two halves
+    (the samples in `single` answer once, with that score)."""
+    single = single or {}
     from inspect_ai import Task, eval
     from inspect_ai.dataset import Sample
     from inspect_ai.scorer import Score, scorer
@@ -118,6 +120,8 @@ def _steered_log(tmp_path, tiny_model_dir, tiny_sae_dir):
             half = len(words) // 2
             attempts = [{"text": " ".join(words[:half]), "score": 20}, {"text": " ".join(words[half:]), "score": 70}]
             scores = [20.0, 70.0] if half >= 2 else [20.0]
+            if state.sample_id in single:
+                attempts, scores = [{"text": state.output.completion, "score": single[state.sample_id]}], [single[state.sample_id]]
             value = TrialValue.from_scores(scores, [False] * len(scores), degraded=False).to_value()
             return Score(value=value, metadata={"grader": "halves", "attempts": attempts})
 
@@ -207,3 +211,50 @@ def test_episodes_bad_input(tmp_path, tiny_model_dir, tiny_sae_dir):
     empty = tmp_path / "empty.json"
     empty.write_text(json.dumps({"latents": []}))
     assert main(["episodes", str(tmp_path), "--detectors", str(empty)]) == 2
+
+
+def test_no_restart_baseline_beside_the_episodes(tmp_path, tiny_model_dir, tiny_sae_dir, capsys):
+    """Steered one-attempt answers that went off topic (score <= 30) are read with their own
+    steering over the episodes' median off-topic span; on-topic ones (score 80) stay out."""
+    from esr_eval.cli import main
+    from esr_eval.steering.intervention import Intervention
+    from esr_eval.steering.load import load_engine
+
+    log = _steered_log(tmp_path, tiny_model_dir, tiny_sae_dir, single={0: 10.0, 1: 30.0, 2: 80.0})
+    detectors = tmp_path / "detectors.json"
+    detectors.write_text(json.dumps({"layer": 2, "latents": [1, 7, 11]}))
+    out = tmp_path / "steered"
+    assert main(["episodes", log.location, "--detectors", str(detectors), "--out", str(out), "--window", "10"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "episodes.json").read_text())
+    base = result["no_restart"]
+    values = {s.id: s.scores["halves_judge"].value for s in log.samples}
+    once = sorted(i for i, v in values.items() if v["n_attempts"] == 1 and v["first_score"] <= 30)  # 0, 1 and any too short to halve
+    assert {0, 1} <= set(once) and 2 not in once
+    assert base["n"] == len(once) and base["off_topic_max_score"] == 30.0
+    assert sorted(r["sample_id"] for r in base["answers"]) == once
+    assert {e["sample_id"] for e in result["episodes"]}.isdisjoint({0, 1, 2})
+    span = int(np.median([e["boundary_token"] - 3 for e in result["episodes"]]))
+    assert base["span_tokens"] == span > 0
+    engine = load_engine(str(tiny_model_dir), str(tiny_sae_dir), dtype="float32")
+    for row in base["answers"]:
+        sample = next(s for s in log.samples if s.id == row["sample_id"])
+        messages = [{"role": "user", "content": sample.input}]
+        (acts,) = engine.read_latents([(messages, sample.output.completion)], [1, 7, 11], [[Intervention(LATENT, BOOST)]])
+        summed = acts.sum(-1)
+        assert row["n_tokens"] == len(summed)
+        assert row["span_mean"] == pytest.approx(float(summed[:span].mean()), rel=1e-5)
+        assert row["answer_mean"] == pytest.approx(float(summed.mean()), rel=1e-5)
+    assert base["mean"] == pytest.approx(np.mean([r["span_mean"] for r in base["answers"]]))
+    off = [e["off_topic_mean"] for e in result["episodes"] if e["off_topic_mean"] is not None]
+    test = base["tests"]["off_topic_vs_no_restart"]
+    from scipy.stats import mannwhitneyu
+
+    assert test["p_value"] == pytest.approx(mannwhitneyu(off, [r["span_mean"] for r in base["answers"]], alternative="greater").pvalue)
+    assert f"{len(once)} off-topic answers without a restart" in printed
+
+    strict = tmp_path / "strict"
+    assert main(["episodes", log.location, "--detectors", str(detectors), "--out", str(strict), "--off-topic-max", "5"]) == 0
+    assert "no no-restart baseline" in capsys.readouterr().out
+    none = json.loads((strict / "episodes.json").read_text())["no_restart"]
+    assert none["n"] == 0 and none["mean"] is None and none["answers"] == []

@@ -95,6 +95,20 @@ def test_prompt_formats_read_alike(tmp_path):
         load_prompts(tmp_path / "missing.txt")
 
 
+def test_shipped_prompt_sets_load_by_name():
+    from esr_eval.sampling.prompts import FACTUAL_PROMPTS, prompt_set_name
+
+    factual = load_prompts("factual")
+    assert len(factual) >= 40 and factual[0].text == "What are the main differences between mitosis and meiosis?"
+    assert [p.text for p in factual] == [p.text for p in load_prompts(FACTUAL_PROMPTS)]  # the name and the path agree
+    assert len({p.text.lower() for p in factual}) == len(factual)
+    assert all(p.text.split()[0] in ("What", "Describe", "Compare") for p in factual)
+    assert not {p.text for p in factual} & {p.text for p in load_prompts("explain_how")}
+    assert prompt_set_name("factual") == "factual" and prompt_set_name(None) == "explain_how"
+    with pytest.raises(UsageError, match="neither a file nor a shipped prompt set: .* explain_how, factual"):
+        load_prompts("factuals")
+
+
 def test_a_malformed_prompt_file_ends_an_eval_in_one_line(tiny_model_dir, tmp_path):
     bad = tmp_path / "prompts.jsonl"
     bad.write_text('{"prompt": "One?"}\nnot json\n')

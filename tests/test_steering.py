@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from tiny_saes import save_orthonormal
@@ -296,3 +298,93 @@ def test_model_without_chat_template_gets_plain_text_prompts(tiny_model_dir, tin
     templated_model, templated_tok = load_causal_lm(str(tiny_model_dir))
     forced = SteeredLM(templated_model, templated_tok, None, layer=2, chat_template=False)
     assert forced.prompt_ids(conversation) == expected
+
+
+# ---------------------------------------------------------------- steering vectors (a direction set)
+
+TOPICS = [
+    {"id": "coffee", "label": "coffee", "passages": ["Espresso and coffee beans.", "A latte with milk foam."]},
+    {"id": "rain", "label": "rain", "passages": ["Rain falls from grey clouds.", "Puddles after the storm."]},
+    {"id": "chess", "label": "chess", "passages": ["The knight takes the bishop.", "Checkmate with the queen."]},
+]
+NEUTRAL = ["The man opened the door.", "She walked to the corner.", "They met at nine."]
+
+
+@pytest.fixture(scope="module")
+def vector_set(tiny_model_dir, tmp_path_factory):
+    """A vector set built by the command on the tiny model, at its layer 2."""
+    import json
+
+    from esr_eval.cli import main
+
+    root = tmp_path_factory.mktemp("vectors")
+    (root / "topics.jsonl").write_text("".join(json.dumps(t) + "\n" for t in TOPICS))
+    (root / "neutral.txt").write_text("\n".join(NEUTRAL) + "\n")
+    out = root / "topics"
+    args = ["--model", str(tiny_model_dir), "--layer", "2", "--dtype", "float32", "--topics", str(root / "topics.jsonl"), "--neutral", str(root / "neutral.txt")]
+    assert main(["build-vectors", *args, "--out", str(out)]) == 0
+    return out
+
+
+def test_built_vectors_are_mean_residual_differences(tiny_model_dir, vector_set):
+    from esr_eval.steering.dictionary import DirectionSet, load_dictionary
+
+    vectors = load_dictionary(str(vector_set))
+    assert isinstance(vectors, DirectionSet) and vectors.layer == 2 and vectors.W_dec.shape == (3, 32)
+    assert vectors.labels == {0: "coffee", 1: "rain", 2: "chess"}
+    lm = SteeredLM.load(str(tiny_model_dir), dtype="float32")  # an unhooked model: its own hidden states
+
+    def mean_hidden(texts: list[str]) -> torch.Tensor:
+        rows = []
+        for t in texts:
+            ids = torch.tensor([lm.prompt_ids([{"role": "user", "content": t}])])
+            out = lm.model(input_ids=ids, output_hidden_states=True)
+            rows.append(out.hidden_states[3][0, 2:])  # layer 2's output; the first 2 tokens are skipped
+        return torch.cat(rows).mean(0)
+
+    with torch.no_grad():
+        base = mean_hidden(NEUTRAL)
+        for k, topic in enumerate(TOPICS):
+            torch.testing.assert_close(vectors.W_dec[k], mean_hidden(topic["passages"]) - base, atol=1e-4, rtol=1e-4)
+
+
+def test_a_vector_set_steers_by_value_times_vector_at_every_position(tiny_model_dir, vector_set):
+    """The steered layer output minus an unsteered pass over the same tokens (prompt and every
+    generated token) is exactly value * vector k."""
+    lm = SteeredLM.load(str(tiny_model_dir), dictionary=str(vector_set), dtype="float32")
+    k, value = 1, 250.0  # the tiny model's vectors are short (norm ~0.02): a push of norm ~5
+    seen: list[torch.Tensor] = []
+    handle = lm.model.model.layers[2].register_forward_hook(lambda m, a, out: seen.append((out[0] if isinstance(out, tuple) else out).detach()))
+    try:
+        [result] = lm.generate([GenerationRequest(PROMPT, [Intervention(k, value)], 10, 0.0, seed=0)])
+    finally:
+        handle.remove()
+    steered = torch.cat([h[0] for h in seen])
+    ids = torch.tensor([lm.prompt_ids(PROMPT) + result.token_ids[:-1]])
+    with lm.hooks.active(None, record=True) as record:
+        lm.model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    plain = record[0][0]
+    assert plain.shape == steered.shape and len(plain) > len(lm.prompt_ids(PROMPT))
+    vector = lm.dictionary.W_dec[k]
+    assert (value * vector).norm() > 1.0
+    torch.testing.assert_close(steered - plain, (value * vector).expand_as(plain), atol=1e-4, rtol=1e-4)
+
+
+def test_shipped_vector_set_is_named_by_vectors_prefix(tmp_path):
+    import json
+
+    from esr_eval.errors import UsageError
+    from esr_eval.steering.presets import (
+        dictionary_spec,
+        local_dictionary_width,
+        shipped_vector_sets,
+    )
+
+    assert "smollm2-135m-topics" in shipped_vector_sets()
+    folder = dictionary_spec("smollm2-135m", "vectors/smollm2-135m-topics")
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    assert cfg["layer"] == 18 and cfg["model"] == "smollm2-135m"
+    assert 16 <= local_dictionary_width(folder) <= 24
+    assert sum(f.stat().st_size for f in Path(folder).iterdir()) < 100_000
+    with pytest.raises(UsageError, match="no shipped vector set 'nope'; shipped: smollm2-135m-topics"):
+        dictionary_spec("smollm2-135m", "vectors/nope")

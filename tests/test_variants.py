@@ -200,3 +200,69 @@ def test_find_detectors_command_writes_file_and_plot(tiny_model_dir, tiny_sae_di
     active = [s for s in data["stats"] if s["active_mismatched"] >= 0.8]
     assert sorted(data["latents"]) == sorted(s["latent"] for s in active)
     assert out.with_suffix(".png").stat().st_size > 1000
+    assert data["discovery_prompts"]["set"] == str(prompts) and len(data["discovery_prompts"]["prompt_hashes"]) == 3
+
+
+def test_detectors_refuse_an_ablation_on_their_discovery_prompts(tiny_model_dir, tiny_sae_dir, tmp_path, monkeypatch):
+    import esr_eval.tasks.ablation as ablation
+    from inspect_ai import eval as inspect_eval
+
+    from esr_eval.cli import main
+    from esr_eval.errors import UsageError
+
+    discovery = tmp_path / "a.txt"
+    discovery.write_text("Explain how to brew coffee.\nHow do you tie a tie?\nHow do you bake bread?\n")
+    out = tmp_path / "det.json"
+    args = ["--model", str(tiny_model_dir), "--dictionary", str(tiny_sae_dir), "--max-tokens", "4", "--rule", "auc", "--min-auc", "0.0"]
+    assert main(["find-detectors", *args, "--prompts", str(discovery), "--out", str(out)]) == 0
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was prepared before the overlap was refused")
+
+    monkeypatch.setattr(ablation, "prepare", no_model)
+    overlapping = tmp_path / "b.jsonl"  # one discovery prompt, in other case and spacing, among new ones
+    overlapping.write_text('{"prompt": "What is rain?"}\n{"prompt": "how do you  TIE a tie?"}\n')
+    for task in ("esr_eval/detector_ablation", "esr_eval/random_ablation"):
+        for prompts, shared in ((discovery, "3 of the 3"), (overlapping, "1 of the 2")):
+            with pytest.raises(UsageError, match=f"{shared} prompts in .* were used to discover the detectors in .*det.json .*held-out prompts"):
+                inspect_eval(task, model=f"steered/{tiny_model_dir}", model_args={"dictionary": str(tiny_sae_dir)},
+                             task_args={"latents": [1], "detectors": str(out), "prompts": str(prompts)}, log_dir=str(tmp_path), display="none")  # fmt: skip
+    # held-out prompts pass (the default explain_how set, the factual set by name)
+    for given in ({}, {"prompts": "factual"}):
+        found, notes = ablation.read_task_detectors(str(out), given)
+        assert notes == [] and found.discovery_prompts.set == str(discovery)
+    legacy = tmp_path / "legacy.json"  # a file written before discovery prompts were recorded
+    legacy.write_text(json.dumps({"latents": [1]}))
+    assert "records no discovery prompts" in ablation.read_task_detectors(str(legacy), {"prompts": str(discovery)})[1][0]
+
+
+def test_steering_resistance_runs_on_a_vector_set(tiny_model_dir, tmp_path):
+    """Contrastive vectors in place of SAE latents: sampled, calibrated, judged and measured alike;
+    the SAE-only filters are skipped with a note; the ablation tasks refuse the set in one line."""
+    from esr_eval.cli import main
+    from esr_eval.errors import UsageError
+
+    (tmp_path / "topics.jsonl").write_text("".join(
+        json.dumps({"id": t, "label": f"{t} ({k})", "passages": [f"All about {t}.", f"More on {t} here."]}) + "\n"
+        for k, t in enumerate(("ships", "tea", "owls", "golf"))
+    ))  # fmt: skip  (the grader reads the latent from its label's "(k)")
+    (tmp_path / "neutral.txt").write_text("The man opened the door.\nThey met at nine.\n")
+    vectors = tmp_path / "vectors"
+    assert main(["build-vectors", "--model", str(tiny_model_dir), "--layer", "2", "--topics", str(tmp_path / "topics.jsonl"),
+                 "--neutral", str(tmp_path / "neutral.txt"), "--out", str(vectors)]) == 0  # fmt: skip
+    replies = {0: [(20, True), (70, False)], 1: [(40, False)], 2: [(20, True), (70, False)], 3: [(40, False)]}
+    log = run("esr_eval/steering_resistance", tiny_model_dir, vectors, tmp_path, keyed_grader(replies), n_latents=2,
+              prompts_per_latent=2, calibration_trials=2, calibration_rounds=1)  # fmt: skip
+    notes = log.eval.metadata["notes"]
+    assert any("relevance filter skipped" in n and "vector set" in n for n in notes)
+    assert any("concreteness filter skipped" in n and "vector set" in n for n in notes)
+    latents = sorted({s.metadata["latent"] for s in log.samples})
+    assert len(latents) == 2 and set(latents) <= {0, 1, 2, 3}
+    assert all(s.metadata["label"].startswith(["ships", "tea", "owls", "golf"][s.metadata["latent"]]) for s in log.samples)
+    assert all(s.metadata["boost"] > 0 for s in log.samples)  # calibrated like an SAE latent
+    m = metrics(log)
+    expected = sum(len(replies[k]) > 1 for k in latents) / 2
+    assert m["n"] == 4 and m["esr_rate"] == pytest.approx(expected) and m["judge_errors"] == 0
+    (tmp_path / "det.json").write_text(json.dumps({"latents": [1]}))
+    with pytest.raises(UsageError, match="is a vector set, but detector ablation clamps the SAE latents"):
+        run("esr_eval/detector_ablation", tiny_model_dir, vectors, tmp_path, keyed_grader(replies), latents=[1], detectors=str(tmp_path / "det.json"))

@@ -1,5 +1,5 @@
-"""Off-topic-detector activity along multi-attempt answers, aligned at the correction (the
-method: `esr_eval.cli.episodes`)."""
+"""Off-topic-detector activity along multi-attempt answers, aligned at the correction, beside
+steered answers that went off topic and never restarted (the method: `esr_eval.cli.episodes`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import Any
 from inspect_ai.log import EvalLog, EvalSample
 
 from esr_eval.analysis.boundaries import boundary_tokens
-from esr_eval.analysis.regions import Episode, plot, statistics
+from esr_eval.analysis.regions import Episode, no_restart_baseline, plot, statistics
+from esr_eval.config import OFF_TOPIC_MAX_SCORE
 from esr_eval.errors import UsageError
 from esr_eval.files import atomic_write_text
 from esr_eval.results.logs import primary_scorer, read_logs, short_model
@@ -45,24 +46,41 @@ def generated_steering(sample: EvalSample) -> list[Intervention]:
     return out
 
 
-def find_episodes(log: EvalLog, scorer: str | None = None, unsteered: bool = False) -> list[Episode]:
+def _judged_samples(log: EvalLog, scorer: str | None):
+    """(sample, trial value, attempts) of every judged sample of the log's attempts-judge scorer."""
     name = primary_scorer(log, scorer)
     if name is None:
         raise UsageError(f"{log.location} has no attempts-judge scores: score it with the esr_eval judge first")
-    episodes = []
     for s in log.samples or []:
         score = (s.scores or {}).get(name)
         if score is None or not TrialValue.is_value(score.value):
             continue
         value = TrialValue.from_value(score.value)
-        attempts = (score.metadata or {}).get("attempts") or []
-        if value.multi_attempt < 0.5 or not value.judged or len(attempts) < 2:
-            continue
-        answer = s.output.completion if s.output else ""
-        episodes.append(
-            Episode(s.id, s.epoch, conversation(s), answer, attempts, [] if unsteered else generated_steering(s))
-        )
-    return episodes
+        if value.judged:
+            yield s, value, (score.metadata or {}).get("attempts") or []
+
+
+def _episode(s: EvalSample, attempts: list, unsteered: bool) -> Episode:
+    answer = s.output.completion if s.output else ""
+    return Episode(s.id, s.epoch, conversation(s), answer, attempts, [] if unsteered else generated_steering(s))
+
+
+def find_episodes(log: EvalLog, scorer: str | None = None, unsteered: bool = False) -> list[Episode]:
+    """Multi-attempt answers with the judge's attempts."""
+    return [
+        _episode(s, attempts, unsteered)
+        for s, value, attempts in _judged_samples(log, scorer)
+        if value.multi_attempt >= 0.5 and len(attempts) >= 2
+    ]
+
+
+def find_no_restart(log: EvalLog, scorer: str | None = None, unsteered: bool = False, off_topic_max: float = OFF_TOPIC_MAX_SCORE) -> list[Episode]:
+    """Steered answers of one attempt that scored at most `off_topic_max`: off topic, never restarted."""
+    return [
+        _episode(s, attempts, unsteered)
+        for s, value, attempts in _judged_samples(log, scorer)
+        if value.n_attempts == 1 and value.first_score <= off_topic_max and generated_steering(s)
+    ]
 
 
 def locate_boundaries(episodes: list[Episode], tokenizer) -> None:
@@ -95,6 +113,7 @@ def run_episodes(
     batch_size: int = 8,
     device: str | None = None,
     dtype: str | None = None,
+    off_topic_max: float = OFF_TOPIC_MAX_SCORE,
 ) -> dict[str, Any]:
     from rich.progress import track
 
@@ -132,8 +151,10 @@ def run_episodes(
         engine.dictionary.check_latent(k)
     locate_boundaries(episodes, engine.tokenizer)
     located = [ep for ep in episodes if ep.boundary is not None]
-    for start in track(range(0, len(located), batch_size), description="reading detector activations"):
-        chunk = located[start : start + batch_size]
+    no_restart = find_no_restart(log, scorer, unsteered, off_topic_max)
+    both = located + no_restart
+    for start in track(range(0, len(both), batch_size), description="reading detector activations"):
+        chunk = both[start : start + batch_size]
         acts = engine.read_latents(
             [(ep.messages, ep.answer) for ep in chunk],
             detectors.latents,
@@ -143,6 +164,7 @@ def run_episodes(
         for ep, a in zip(chunk, acts):
             ep.activity = a.sum(-1).tolist()
     stats = statistics(located, window, half_width)
+    stats["no_restart"] = {"off_topic_max_score": off_topic_max, **no_restart_baseline(stats, no_restart)}
     result = {
         "log": str(log_path),
         "model": log.eval.model,

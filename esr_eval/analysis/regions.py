@@ -57,6 +57,56 @@ def wilcoxon_greater(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return {"statistic": float(res.statistic), "p_value": float(res.pvalue)}
 
 
+def mann_whitney_greater(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """One-sided Mann-Whitney U test of x > y (independent samples)."""
+    from scipy import stats
+
+    if len(x) == 0 or len(y) == 0:
+        return {"statistic": math.nan, "p_value": math.nan}
+    res = stats.mannwhitneyu(x, y, alternative="greater")
+    return {"statistic": float(res.statistic), "p_value": float(res.pvalue)}
+
+
+def no_restart_baseline(stats: dict[str, Any], answers: list[Episode]) -> dict[str, Any]:
+    """Detector activity in steered answers that went off topic and never restarted, beside the
+    episodes' regions: per answer, the mean over its first `span` tokens, `span` being the median
+    length of the episodes' off-topic regions (so both cover the same stretch of an answer). If
+    the episodes' off-topic region is not above this baseline, the detectors respond to off-topic
+    text, not to a coming restart."""
+    spans = [r["boundary_token"] - stats["correction_half_width"] for r in stats["episodes"]]
+    span = int(np.median(spans)) if spans else 0
+    rows = []
+    for ep in answers:
+        act = np.asarray(ep.activity, dtype=float)
+        cut = act[ep.first_start : ep.first_start + span] if span > 0 else act[ep.first_start :]
+        rows.append({
+            "sample_id": ep.sample_id,
+            "epoch": ep.epoch,
+            "n_tokens": len(act),
+            "span_mean": float(cut.mean()) if len(cut) else math.nan,
+            "answer_mean": float(act.mean()) if len(act) else math.nan,
+        })  # fmt: skip
+    base = np.array([r["span_mean"] for r in rows if not math.isnan(r["span_mean"])])
+    whole = np.array([r["answer_mean"] for r in rows if not math.isnan(r["answer_mean"])])
+    tests = {}
+    for region in ("off_topic", "correction"):
+        ep_means = np.array([r[f"{region}_mean"] for r in stats["episodes"] if r[f"{region}_mean"] is not None and not math.isnan(r[f"{region}_mean"])])
+        tests[f"{region}_vs_no_restart"] = {
+            **mann_whitney_greater(ep_means, base),
+            "cohens_d": cohens_d(ep_means, base),
+            "alternative": f"{region} (episodes) > no-restart answers",
+        }
+    return {
+        "n": len(base),
+        "span_tokens": span,
+        "mean": float(base.mean()) if len(base) else math.nan,
+        "sem": float(base.std(ddof=1) / math.sqrt(len(base))) if len(base) > 1 else math.nan,
+        "answer_mean": float(whole.mean()) if len(whole) else math.nan,
+        "tests": tests,
+        "answers": rows,
+    }
+
+
 def statistics(episodes: list[Episode], window: int, half_width: int) -> dict[str, Any]:
     """Aligned curve (mean, SEM, count per offset) and per-region comparisons."""
     offsets = np.arange(-window, window + 1)
@@ -132,6 +182,9 @@ def plot(stats: dict[str, Any], title: str, path: Path) -> Path:
     ax.axvline(0, color="grey", linestyle="--", label="correction starts")
     w = stats["correction_half_width"]
     ax.axvspan(-w, w, color="orange", alpha=0.12, label="correction window")
+    baseline = stats.get("no_restart") or {}
+    if baseline.get("n"):
+        ax.axhline(baseline["mean"], color="C3", linestyle=":", label=f"off-topic answers without a restart (n={baseline['n']})")
     ax.set_xlabel("tokens from the start of attempt 2")
     ax.set_ylabel("summed detector activation")
     ax.set_title(title)

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "latents": ("esr_eval.cli.explore", "add_latents", "list or search a dictionary's latent labels"),
     "calibrate": ("esr_eval.cli.calibrate", "add_calibrate", "find (and cache) each latent's boost threshold"),
     "find-detectors": ("esr_eval.cli.detectors", "add_find_detectors", "discover off-topic detector latents"),
+    "build-vectors": ("esr_eval.cli.vectors", "add_build_vectors", "contrastive steering vectors (topic passages vs neutral text)"),
     "train-sae": ("esr_eval.cli.sae", "add_train_sae", "train a TopK SAE on a model's own answers (sae-lens format)"),
     "label-sae": ("esr_eval.cli.sae", "add_label_sae", "relabel an SAE written by train-sae"),
     "make-finetune-data": ("esr_eval.cli.finetune", "add_make_data", "write self-correction fine-tuning rows (jsonl)"),

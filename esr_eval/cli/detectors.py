@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from esr_eval.cli.common import add_model_args, console, engine_from
+from esr_eval.config import DISCOVERY_PROMPTS
 from esr_eval.detectors import RULES
 
 
@@ -19,15 +20,17 @@ def _find_detectors(args: argparse.Namespace) -> int:
         unsteered_answers,
     )
     from esr_eval.errors import UsageError
-    from esr_eval.sampling.prompts import prompt_texts
+    from esr_eval.sampling.prompts import prompt_set_name, prompt_texts
+    from esr_eval.schema import PromptSetRecord
 
     prompts = prompt_texts(args.prompts)
+    record = PromptSetRecord.of(prompt_set_name(args.prompts), prompts)
     lm = engine_from(args)
     if lm.dictionary is None:
         raise UsageError("find-detectors needs a dictionary: use a preset or --dictionary")
     answers = unsteered_answers(lm, prompts, args.max_tokens, args.seed)
     chosen, rows, auc, frequency = discover(lm, prompts, answers, args.seed, args.rule, args.min_auc)
-    out = detectors_file(args.model, lm, args.rule, chosen, rows, frequency).write(args.out)
+    out = detectors_file(args.model, lm, args.rule, chosen, rows, frequency, record).write(args.out)
     plot = plot_auc_histogram(auc, chosen, Path(args.out).with_suffix(".png"))
     table = Table(title=f"{len(chosen)} detectors ({args.rule} rule) -> {out}, {plot}")
     for col in ("latent", "AUC", "Cohen's d", "active mismatched", "active matched", "label"):
@@ -42,7 +45,12 @@ def _find_detectors(args: argparse.Namespace) -> int:
 def add_find_detectors(sub) -> None:
     cmd = sub.add_parser("find-detectors", help="discover off-topic detector latents (derangement of answers)")
     add_model_args(cmd)
-    cmd.add_argument("--prompts", help="discovery prompt file (default: the packaged prompt set)")
+    cmd.add_argument(
+        "--prompts",
+        default=DISCOVERY_PROMPTS,
+        help="discovery prompts: a file or a shipped set's name (default: %(default)s, so the ablation tasks' default "
+        "explain_how prompts are held out; an ablation run on any discovery prompt is refused)",
+    )
     cmd.add_argument("--max-tokens", type=int, default=256)
     cmd.add_argument("--rule", default="strict", choices=RULES, help="strict (0 on matched, >= 80%% of mismatched) or auc")
     cmd.add_argument("--min-auc", type=float, default=0.95)

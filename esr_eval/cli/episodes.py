@@ -7,12 +7,20 @@ aligned at the token where the second attempt starts. Regions: off-topic (attemp
 correction window), correction (a few tokens either side of the boundary), on-topic (the last
 attempt after the window). Writes episodes.json (curve, per-region statistics, per-episode rows)
 and episodes.png (mean and SEM over episodes).
+
+Baseline: steered answers that never restarted (one attempt) and went off topic (it scored at
+most --off-topic-max), read the same way, each over as many tokens as the episodes' median
+off-topic region. Off-topic regions above this baseline mean the detectors fire before a
+restart, not merely on off-topic text (a one-sided Mann-Whitney test and Cohen's d). With
+--unsteered both are read without the steering.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from esr_eval.config import OFF_TOPIC_MAX_SCORE
 
 
 def _episodes(args: argparse.Namespace) -> int:
@@ -30,13 +38,23 @@ def _episodes(args: argparse.Namespace) -> int:
         args.batch_size,
         args.device,
         args.dtype,
+        args.off_topic_max,
     )
     reg, tests = r["regions"], r["tests"]["off_topic_vs_on_topic"]
+    base = r["no_restart"]
     print(
         f"{r['n_episodes']} episodes ({r['n_unlocated']} without a located boundary); mean summed activation: "
         + ", ".join(f"{k} {v['mean']:.3g}" for k, v in reg.items())
         + f"; off-topic > on-topic: Wilcoxon p={tests['p_value']:.3g}, Cohen's d={tests['cohens_d']:.2f}"
     )
+    if base["n"]:
+        vs = base["tests"]["off_topic_vs_no_restart"]
+        print(
+            f"{base['n']} off-topic answers without a restart: mean {base['mean']:.3g} over their first {base['span_tokens']} tokens; "
+            f"off-topic (episodes) > no restart: Mann-Whitney p={vs['p_value']:.3g}, Cohen's d={vs['cohens_d']:.2f}"
+        )
+    else:
+        print(f"no steered answer without a restart scored <= {args.off_topic_max:g}: no no-restart baseline")
     print(f"wrote {out}/episodes.json and episodes.png")
     return 0
 
@@ -54,6 +72,8 @@ def add_episodes(sub) -> None:
     p.add_argument("--out", help="output folder (default: next to the log, LOG-episodes)")
     p.add_argument("--window", type=int, default=40, help="tokens either side of the boundary in the curve")
     p.add_argument("--correction-tokens", type=int, default=3, help="half-width of the correction region")
+    p.add_argument("--off-topic-max", type=float, default=OFF_TOPIC_MAX_SCORE,
+                   help="a one-attempt answer scoring at most this joins the no-restart baseline (default: %(default)s)")
     p.add_argument("--scorer", help="attempts-judge scorer (default: the first in the log)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", help="override the log's -M device")

@@ -20,7 +20,7 @@ from scipy.stats import rankdata
 from esr_eval.config import GENERATION
 from esr_eval.detectors import RULES
 from esr_eval.files import write_png
-from esr_eval.schema import DetectorsFile
+from esr_eval.schema import DetectorsFile, PromptSetRecord
 from esr_eval.steering.engine import GenerationRequest, SteeringEngine
 
 
@@ -104,8 +104,17 @@ def unsteered_answers(lm: SteeringEngine, prompts: list[str], max_tokens: int, s
     return [r.text for r in lm.generate_in_batches(requests, batch_size, desc="unsteered answers")]
 
 
-def detectors_file(model: str, lm: SteeringEngine, rule: str, chosen: list[int], rows: list[LatentStats], frequency: np.ndarray) -> DetectorsFile:
-    """The detectors, the 50 best-separating latents' statistics and every firing frequency."""
+def detectors_file(
+    model: str,
+    lm: SteeringEngine,
+    rule: str,
+    chosen: list[int],
+    rows: list[LatentStats],
+    frequency: np.ndarray,
+    prompts: PromptSetRecord | None = None,
+) -> DetectorsFile:
+    """The detectors, the 50 best-separating latents' statistics, every firing frequency and the
+    discovery prompts (an ablation run on any of them is refused)."""
     keep = {r.latent for r in sorted(rows, key=lambda r: -r.auc)[:50]} | set(chosen)
     return DetectorsFile(
         latents=chosen,
@@ -115,6 +124,7 @@ def detectors_file(model: str, lm: SteeringEngine, rule: str, chosen: list[int],
         rule=rule,
         stats=[asdict(r) for r in rows if r.latent in keep],
         firing_frequency=[round(float(f), 6) for f in frequency],
+        discovery_prompts=prompts,
     )
 
 

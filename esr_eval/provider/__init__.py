@@ -29,7 +29,12 @@ from esr_eval.steering.engine import GenerationRequest, SteeringEngine
 from esr_eval.steering.intervention import steering_from_extra_body
 from esr_eval.steering.load import load_engine, preflight
 from esr_eval.steering.models import check_device, model_fingerprint
-from esr_eval.steering.presets import check_model_source, get_preset, model_layer_count
+from esr_eval.steering.presets import (
+    check_model_source,
+    dictionary_spec,
+    get_preset,
+    model_layer_count,
+)
 
 
 def _message_dicts(messages: list[ChatMessage]) -> list[dict[str, str]]:
@@ -61,6 +66,7 @@ class SteeredModelAPI(ModelAPI):
         """The model names something loadable and -M layer lies inside it, known without loading
         (the task checks it first; logs are read with providers that never load)."""
         check_model_source(self.source)
+        dictionary_spec(self.source, self.args.dictionary)  # an unknown shipped vector set (vectors/NAME)
         layers = model_layer_count(self.source)
         if self.args.layer is not None and layers is not None and self.args.layer >= layers:
             raise UsageError(f"-M layer={self.args.layer} is outside {self.source} (layers 0..{layers - 1}): pass a layer inside the model")

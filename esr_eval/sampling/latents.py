@@ -17,7 +17,7 @@ import torch
 from esr_eval.config import CONCEPT_FILTER, ConceptFilter
 from esr_eval.errors import UsageError
 from esr_eval.files import atomic_write_text, read_json
-from esr_eval.steering.dictionary import FeatureDictionary
+from esr_eval.steering.dictionary import DirectionSet, FeatureDictionary
 from esr_eval.steering.engine import Message, SteeringEngine
 
 CANDIDATE_FACTOR = 3
@@ -159,7 +159,8 @@ def sample_latents(
         raise ValueError("sampling latents needs a dictionary: use a preset or pass -M dictionary=...")
     rng = random.Random(seed)
     freq = firing_frequencies(dictionary)
-    notes = [] if freq is not None else ["no latent_stats.json beside the dictionary: dead latents not filtered"]
+    vector_set = isinstance(dictionary, DirectionSet)  # steering vectors: none is dead, none is sparse
+    notes = [] if freq is not None or vector_set else ["no latent_stats.json beside the dictionary: dead latents not filtered"]
     pool = list(range(dictionary.d_sae))
     rng.shuffle(pool)
 
@@ -180,7 +181,14 @@ def sample_latents(
             f"only {eligible} latents pass the label, firing and concreteness filters (of the dictionary's {len(pool)}), "
             f"{n} wanted: lower n_latents, pass -T concreteness=none, or use a dictionary with more labelled latents"
         )
-    relevant = relevant_latents(lm, prompts, relevance) if prompts else set()
+    if vector_set:
+        # a vector's projection is never 0 and a set has far fewer than top-k vectors: both rules would drop every one
+        relevant: set[int] = set()
+        notes.append(
+            f"relevance filter skipped: {dictionary.name} is a vector set (write its topics away from the prompts' subjects)"
+        )
+    else:
+        relevant = relevant_latents(lm, prompts, relevance) if prompts else set()
     dropped = {"unlabelled": 0, "dead": 0, "relevant": 0}
     kept: list[int] = []
     for start in range(0, len(pool), CANDIDATE_FACTOR * n):

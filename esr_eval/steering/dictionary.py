@@ -137,6 +137,7 @@ class DirectionSet(FeatureDictionary):
 
         with atomic_directory(path) as tmp:
             save_file({"directions": self.directions.float().contiguous().cpu()}, str(tmp / DIRECTIONS_FILE))
+            os.chmod(tmp / DIRECTIONS_FILE, 0o644)  # safetensors writes a private file
             cfg = {"kind": "directions", "layer": self.layer, "name": self.name, **(metadata or {})}
             (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
             (tmp / "labels.json").write_text(json.dumps({str(k): v for k, v in self.labels.items()}, indent=2))
@@ -215,7 +216,8 @@ def load_dictionary(
 
             cfg = json.loads((path / "config.json").read_text())
             directions = load_file(str(path / DIRECTIONS_FILE))["directions"]
-            found = DirectionSet(directions, cfg.get("name", path.name), int(layer if layer is not None else cfg["layer"]), _labels_beside(path))
+            name = f"{cfg.get('name', path.name)}-{folder_digest(path)}"  # a rebuilt set gets a new identity
+            found = DirectionSet(directions, name, int(layer if layer is not None else cfg["layer"]), _labels_beside(path))
         elif (path / "cfg.json").exists():
             from sae_lens import SAE
 

@@ -176,11 +176,34 @@ def model_layer_count(source: str) -> int | None:
     return int(count) if count else None
 
 
+VECTOR_SETS = ASSETS / "vectors"  # shipped steering-vector sets, named `vectors/NAME` in -M dictionary
+VECTORS_PREFIX = "vectors/"
+
+
+def shipped_vector_sets() -> list[str]:
+    return sorted(p.name for p in VECTOR_SETS.iterdir() if (p / "directions.safetensors").is_file()) if VECTOR_SETS.is_dir() else []
+
+
+def vector_set_folder(spec: str) -> str:
+    """`vectors/NAME` -> the shipped set's folder (a local folder of that path wins); any other
+    spec unchanged."""
+    if not spec.startswith(VECTORS_PREFIX) or Path(spec).expanduser().is_dir():
+        return spec
+    name = spec[len(VECTORS_PREFIX) :]
+    if name not in shipped_vector_sets():
+        raise UsageError(
+            f"-M dictionary={spec}: no shipped vector set {name!r}; shipped: {', '.join(shipped_vector_sets()) or 'none'} "
+            "(or build one with `esr-eval build-vectors` and pass its folder)"
+        )
+    return str(VECTOR_SETS / name)
+
+
 def dictionary_spec(source: str, dictionary: str | None) -> str | None:
     """The dictionary a model source and -M dictionary name, without loading the model."""
     dict_preset = get_preset(dictionary) if dictionary else None
     preset = get_preset(source)
-    return dict_preset.dictionary if dict_preset else dictionary or (preset.dictionary if preset else None)
+    spec = dict_preset.dictionary if dict_preset else dictionary or (preset.dictionary if preset else None)
+    return None if spec is None else vector_set_folder(spec)
 
 
 def local_dictionary_width(spec: str | None) -> int | None:
@@ -210,7 +233,7 @@ def resolve_model(
     brings its own), as every backend resolves them."""
     preset = get_preset(source)
     dict_preset = get_preset(dictionary) if dictionary else None
-    dict_spec = dict_preset.dictionary if dict_preset else dictionary or (preset.dictionary if preset else None)
+    dict_spec = dictionary_spec(source, dictionary)
     if dict_preset and layer is None:
         layer = dict_preset.layer
     elif preset and dictionary is None and layer is None:
