@@ -36,10 +36,10 @@ from inspect_ai.model import (
 from inspect_ai.tool import ToolChoice, ToolInfo
 
 from esr_eval.embedding import embed
+from esr_eval.judge.cues import has_restart_cue
 from esr_eval.judge.protocol import rubric_sections
 from esr_eval.judge.restarts import Unit, normalise, restart_classifier, split_units
 from esr_eval.judge.scoring import attempt_features, attempt_scorer
-from esr_eval.judge.cues import has_restart_cue
 from esr_eval.judge.text import (
     DEGRADED_RUN,
     fused_nonwords,
