@@ -95,12 +95,6 @@ def repeats_earlier_text(after: str, before: str) -> bool:
     return bool(grams) and len(grams & _ngrams(words(before))) / len(grams) > LOOP_OVERLAP
 
 
-def is_restart(sentence: str) -> bool:
-    """Whether the classifier reads this unit alone as a restart announcement."""
-    p = restart_classifier().probability(embed([sentence]))
-    return bool(p[0] >= RESTART_P)
-
-
 @dataclass
 class _Segment:
     units: list[Unit]
