@@ -84,26 +84,26 @@ def judge_agreement() -> Scorer:
     return score
 
 
-@metric(name="false_multi_attempt_rate")
-def false_multi_attempt_rate() -> Metric:
-    """Share of judged pool answers split into 2+ attempts that a person labelled as fewer."""
+def _pool_rate(key: str) -> Callable[[list[SampleScore]], float]:
+    """The share of judged pool answers (judge errors left out) whose value `key` is set."""
 
     def compute(scores: list[SampleScore]) -> float:
         values = [s.score.value for s in scores if isinstance(s.score.value, dict) and not s.score.value["judge_error"]]
-        return sum(v["false_multi"] for v in values) / len(values) if values else float("nan")
+        return sum(v[key] for v in values) / len(values) if values else float("nan")
 
     return compute
+
+
+@metric(name="false_multi_attempt_rate")
+def false_multi_attempt_rate() -> Metric:
+    """Share of judged pool answers split into 2+ attempts that a person labelled as fewer."""
+    return _pool_rate("false_multi")
 
 
 @metric(name="false_esr_rate")
 def false_esr_rate() -> Metric:
     """Share of judged pool answers scored as ESR (2+ attempts, last better) that do not restart."""
-
-    def compute(scores: list[SampleScore]) -> float:
-        values = [s.score.value for s in scores if isinstance(s.score.value, dict) and not s.score.value["judge_error"]]
-        return sum(v["false_esr"] for v in values) / len(values) if values else float("nan")
-
-    return compute
+    return _pool_rate("false_esr")
 
 
 @scorer(metrics=[false_multi_attempt_rate(), false_esr_rate()])
