@@ -94,6 +94,16 @@ def test_the_shipped_pool() -> None:
     assert len(read) >= 60 and sum(n.degraded is True for n in read) >= 10
 
 
+def test_eval_yaml_counts_the_pools_test_latents() -> None:
+    import yaml
+
+    from esr_eval.tasks.setup import EVAL_YAML
+
+    listing = yaml.safe_load(EVAL_YAML.read_text())
+    assert next(t["dataset_samples"] for t in listing["tasks"] if t["name"] == "judge_negatives") == len(load_pool("test"))
+    assert listing["changelog"][0]["version"] == next(t["version"] for t in listing["tasks"] if t["name"] == "steering_resistance")
+
+
 def test_offline_grader_false_alarm_gate() -> None:
     """CI turns red when the offline grader's false multi-attempt rate on the shipped real negatives
     (the latents it was never tuned on) rises above 1%."""
