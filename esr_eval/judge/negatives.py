@@ -180,8 +180,6 @@ def to_read(pool: Sequence[Negative], split_by: dict[str, int] | None = None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    from esr_eval.files import atomic_write_jsonl, read_jsonl
-
     parser = argparse.ArgumentParser(prog="python -m esr_eval.judge.negatives", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     h = sub.add_parser("harvest", help="add the answers of eval logs to answers.jsonl")
@@ -189,11 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("to-read", help="list the answers with restart-like words that have no label yet")
     args = parser.parse_args(argv)
     if args.command == "harvest":
-        old = read_jsonl(ANSWERS) if ANSWERS.exists() else []
-        known = {row["id"] for row in old}
-        new = [row for row in harvest(args.logs) if row["id"] not in known]
-        atomic_write_jsonl(ANSWERS, old + new)
-        print(f"{len(new)} answers added to {ANSWERS} ({len(old) + len(new)} in all)")
+        from esr_eval.judge.validation_build import add_answers
+
+        add_answers(ANSWERS, harvest(args.logs))
         return 0
     for n in to_read(load_pool("all")):
         print(n.id)

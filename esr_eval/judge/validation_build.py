@@ -234,8 +234,19 @@ def harvest(logs: list[str]) -> list[dict[str, Any]]:
     return items
 
 
-def main(argv: list[str] | None = None) -> int:
+def add_answers(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append the harvested rows whose ids the answers file does not hold yet (written atomically)."""
     from esr_eval.files import atomic_write_jsonl, read_jsonl
+
+    old = read_jsonl(path) if path.exists() else []
+    known = {row["id"] for row in old}
+    new = [row for row in rows if row["id"] not in known]
+    atomic_write_jsonl(path, old + new)
+    print(f"{len(new)} answers added to {path} ({len(old) + len(new)} in all)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from esr_eval.files import atomic_write_jsonl
 
     parser = argparse.ArgumentParser(prog="python -m esr_eval.judge.validation_build", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command")
@@ -244,11 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("build", help="write set.jsonl from the sources (the default)")
     args = parser.parse_args(argv)
     if args.command == "harvest":
-        old = read_jsonl(REAL_ANSWERS) if REAL_ANSWERS.exists() else []
-        known = {row["id"] for row in old}
-        new = [row for row in harvest(args.logs) if row["id"] not in known]
-        atomic_write_jsonl(REAL_ANSWERS, old + new)
-        print(f"{len(new)} answers added to {REAL_ANSWERS} ({len(old) + len(new)} in all)")
+        add_answers(REAL_ANSWERS, harvest(args.logs))
         return 0
     rows = build()
     atomic_write_jsonl(SET_PATH, [row.to_dict() for row in rows])
