@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import anyio
-from esr_eval.scorers.metrics import esr_metrics
 from inspect_ai.model import get_model
 from inspect_ai.scorer import Score, Scorer, Target, scorer
 from inspect_ai.solver import TaskState
@@ -18,6 +17,7 @@ from esr_eval.judge.faults import judge_faults
 from esr_eval.judge.protocol import JudgeResult, grader_identity, judge_answer
 from esr_eval.judge.text import is_degraded
 from esr_eval.schema import TrialValue
+from esr_eval.scorers.metrics import esr_metrics
 
 COPIED_METADATA = ("latent", "boost")
 # a continuation of a prefix (sample metadata "prefix", "judged"): the judge reads the prefix and the

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from esr_eval.scorers import grouped_esr_metrics
-from esr_eval.tasks.dataset import build_samples
-from esr_eval.tasks.loop import esr_task
-from esr_eval.tasks.setup import Setup, prepare
 from inspect_ai import Task, task
 
 from esr_eval.detectors.controls import control_frequencies, matched_controls
 from esr_eval.errors import UsageError
 from esr_eval.sampling.prompts import prompt_set_name, prompt_texts
 from esr_eval.schema import DetectorsFile
+from esr_eval.scorers import grouped_esr_metrics
 from esr_eval.steering.dictionary import DirectionSet
+from esr_eval.tasks.dataset import build_samples
+from esr_eval.tasks.loop import esr_task
+from esr_eval.tasks.setup import Setup, prepare
 
 
 def read_task_detectors(path: str | None, common: dict[str, Any]) -> tuple[DetectorsFile, list[str]]:

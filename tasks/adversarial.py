@@ -8,11 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from esr_eval.scorers import grouped_esr_metrics
-from esr_eval.tasks.dataset import build_samples
-from esr_eval.tasks.loop import esr_task
-from esr_eval.tasks.meta_prompt import META_PROMPTS
-from esr_eval.tasks.setup import prepare
 from inspect_ai import Task, task
 from inspect_ai.scorer import Metric, SampleScore, grouped, metric
 
@@ -20,9 +15,14 @@ from esr_eval.errors import DataFileError, UsageError
 from esr_eval.files import read_jsonl
 from esr_eval.results.stats import ADVERSARIAL_METRIC_NAMES, ESR_METRIC_NAMES
 from esr_eval.sampling.prompts import prompt_texts
+from esr_eval.scorers import grouped_esr_metrics
 from esr_eval.steering.dictionary import DirectionSet
 from esr_eval.steering.directions import cached_directions
 from esr_eval.steering.engine import SteeringEngine
+from esr_eval.tasks.dataset import build_samples
+from esr_eval.tasks.loop import esr_task
+from esr_eval.tasks.meta_prompt import META_PROMPTS
+from esr_eval.tasks.setup import prepare
 
 DATA = Path(__file__).parent / "data"
 SOURCES = ("directions", "latents")

@@ -7,14 +7,14 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from esr_eval.tasks.dataset import steered_concept
-from esr_eval.tasks.setup import Setup, prepare, steered_model
 from inspect_ai.dataset import Sample
 
 from esr_eval.errors import UsageError
 from esr_eval.sampling.prefixes import check_models, read_source
 from esr_eval.sampling.seeds import derive_seed
 from esr_eval.schema import SourceAnswer
+from esr_eval.tasks.dataset import steered_concept
+from esr_eval.tasks.setup import Setup, prepare, steered_model
 
 # -T args of every ESR task that a continuation of source answers does not use
 SAMPLING_ARGS = ("prompts", "n_latents", "prompts_per_latent", "latents", "relevance", "concreteness")

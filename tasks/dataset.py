@@ -7,10 +7,10 @@ import random
 from collections.abc import Iterable
 from typing import Any
 
-from esr_eval.tasks.setup import Setup
 from inspect_ai.dataset import MemoryDataset, Sample
 
 from esr_eval.sampling.seeds import derive_seed
+from esr_eval.tasks.setup import Setup
 
 
 def build_samples(

@@ -12,8 +12,6 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from esr_eval.scorers.judge_validation import JUDGED, judge_agreement, negatives_judge
-from esr_eval.tasks.setup import task_version
 from inspect_ai import Task, task
 from inspect_ai.dataset import MemoryDataset, Sample
 from inspect_ai.model import ChatMessageAssistant, ModelOutput, get_model
@@ -23,6 +21,8 @@ from esr_eval.config import GRADER_ROLE, OFFLINE_GRADER
 from esr_eval.errors import UsageError, unknown_names
 from esr_eval.judge.protocol import grader_identity, judge_answer, rubric_message
 from esr_eval.judge.validation_set import SET_PATH, ValidationRow, load_validation_set
+from esr_eval.scorers.judge_validation import JUDGED, judge_agreement, negatives_judge
+from esr_eval.tasks.setup import task_version
 
 
 def row_sample(row: ValidationRow) -> Sample:

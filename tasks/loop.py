@@ -6,10 +6,6 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from esr_eval.scorers import attempts_judge
-from esr_eval.tasks.dataset import dataset
-from esr_eval.tasks.setup import Setup, model_finetune_info, task_version
-from esr_eval.tasks.solver import steered_generate
 from inspect_ai import Task
 from inspect_ai.log import HeadlineMetric
 from inspect_ai.model import GenerateConfig
@@ -18,6 +14,10 @@ from inspect_ai.viewer import TaskSamplesColumn, TaskSamplesView, ViewerConfig
 
 from esr_eval.results.stats import ESR_METRIC_NAMES
 from esr_eval.schema import TrialValue
+from esr_eval.scorers import attempts_judge
+from esr_eval.tasks.dataset import dataset
+from esr_eval.tasks.setup import Setup, model_finetune_info, task_version
+from esr_eval.tasks.solver import steered_generate
 
 SCORER = "attempts_judge"
 # the samples list: the steered concept (target), the answer, then the boost and the trial's main

@@ -12,6 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from inspect_ai import Task, task
+
+from esr_eval.config import CONTINUATION
+from esr_eval.errors import UsageError
+from esr_eval.sampling.prefixes import (
+    flagged_restarts,
+    restart_prefixes,
+    validation_restarts,
+)
 from esr_eval.scorers import grouped_esr_metrics
 from esr_eval.scorers.attempts import JUDGED_CONTINUATION
 from esr_eval.scorers.metrics import paired_metrics
@@ -25,15 +34,6 @@ from esr_eval.tasks.continuation import (
 )
 from esr_eval.tasks.loop import esr_task
 from esr_eval.tasks.setup import prepare
-from inspect_ai import Task, task
-
-from esr_eval.config import CONTINUATION
-from esr_eval.errors import UsageError
-from esr_eval.sampling.prefixes import (
-    flagged_restarts,
-    restart_prefixes,
-    validation_restarts,
-)
 
 CONDITIONS = ["restart", "matched", "off"]
 COMPARISONS = [("restart", "matched"), ("restart", "off"), ("matched", "off")]

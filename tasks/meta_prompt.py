@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from esr_eval.scorers import grouped_esr_metrics
-from esr_eval.tasks.dataset import build_samples
-from esr_eval.tasks.loop import esr_task
-from esr_eval.tasks.setup import prepare
 from inspect_ai import Task, task
 
 from esr_eval.config import str_list
 from esr_eval.errors import UsageError
+from esr_eval.scorers import grouped_esr_metrics
+from esr_eval.tasks.dataset import build_samples
+from esr_eval.tasks.loop import esr_task
+from esr_eval.tasks.setup import prepare
 
 META_PROMPTS = {
     "dont_get_distracted": "{prompt} Don't get distracted!",

@@ -12,6 +12,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from inspect_ai import Task, task
+
+from esr_eval.config import CONTINUATION
+from esr_eval.detectors.controls import control_frequencies, matched_controls
+from esr_eval.errors import UsageError
+from esr_eval.results.logs import short_model
+from esr_eval.sampling.prefixes import (
+    prefill_prefix,
+    read_answers,
+    shipped_prefix_set,
+    token_count,
+)
+from esr_eval.schema import DetectorsFile
 from esr_eval.scorers import grouped_esr_metrics
 from esr_eval.scorers.attempts import JUDGED_ANSWER
 from esr_eval.scorers.metrics import paired_metrics
@@ -27,19 +40,6 @@ from esr_eval.tasks.continuation import (
     source_answers,
 )
 from esr_eval.tasks.loop import esr_task
-from inspect_ai import Task, task
-
-from esr_eval.config import CONTINUATION
-from esr_eval.detectors.controls import control_frequencies, matched_controls
-from esr_eval.errors import UsageError
-from esr_eval.results.logs import short_model
-from esr_eval.sampling.prefixes import (
-    prefill_prefix,
-    read_answers,
-    shipped_prefix_set,
-    token_count,
-)
-from esr_eval.schema import DetectorsFile
 
 C = CONTINUATION
 COMPARISONS = [("detectors", "plain"), ("random", "plain"), ("detectors", "random")]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from esr_eval.tasks.dataset import build_samples
-from esr_eval.tasks.loop import esr_task
-from esr_eval.tasks.setup import prepare
 from inspect_ai import Task, task
 
 from esr_eval.config import TaskArgs
+from esr_eval.tasks.dataset import build_samples
+from esr_eval.tasks.loop import esr_task
+from esr_eval.tasks.setup import prepare
 
 D = TaskArgs  # the defaults live in config.TaskArgs
 

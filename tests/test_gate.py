@@ -206,10 +206,11 @@ def _mock_grader():
 
 
 def test_recomputed_metrics_match_the_scorer(tmp_path):
-    from esr_eval.scorers import attempts_judge
     from esr_log_builders import canned_answer
     from inspect_ai import Task, eval
     from inspect_ai.dataset import Sample
+
+    from esr_eval.scorers import attempts_judge
 
     samples = [
         Sample(id=i, input="Explain how bread is baked.", metadata={"answer": a, "label": "volcanoes"})
@@ -266,9 +267,9 @@ def test_example_workflow_is_consistent():
     from pathlib import Path
 
     import yaml
-    from esr_eval.tasks.steering_resistance import steering_resistance
 
     from esr_eval.gate.gate import Expectation
+    from esr_eval.tasks.steering_resistance import steering_resistance
 
     workflow = yaml.safe_load((Path(__file__).parent.parent / "docs/examples/esr-gate.yml").read_text())
     script = "\n".join(step.get("run", "") for step in workflow["jobs"]["esr"]["steps"]).replace("\\\n", " ")

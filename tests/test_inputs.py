@@ -117,9 +117,8 @@ def test_a_malformed_prompt_file_ends_an_eval_in_one_line(tiny_model_dir, tmp_pa
 
 
 def test_data_files_of_the_variants(tmp_path):
-    from esr_eval.tasks.adversarial import read_targets
-
     from esr_eval.schema import DetectorsFile
+    from esr_eval.tasks.adversarial import read_targets
 
     (tmp_path / "det.json").write_text('{"latents": [1, 2,]}')
     with pytest.raises(DataFileError, match=r"det.json line 1 is not valid JSON .*find-detectors"):
@@ -199,10 +198,10 @@ def test_read_outs_wait_for_a_generating_batch(tiny_model_dir, tiny_sae_dir, tmp
 
 
 def test_eval_yaml_lists_every_task_with_its_version_and_sample_count():
-    from esr_eval.tasks.setup import EVAL_YAML
     from inspect_ai._util.registry import registry_find
 
     from esr_eval.config import TaskArgs
+    from esr_eval.tasks.setup import EVAL_YAML
 
     listing = yaml.safe_load(EVAL_YAML.read_text())
     assert listing["arxiv"] == "https://arxiv.org/abs/2602.06941" and listing["title"] and listing["description"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from esr_eval.scorers import attempts_judge
 from inspect_ai import Task, eval
 from inspect_ai.dataset import Sample
 from inspect_ai.model import ChatMessage, ModelOutput, ModelUsage, get_model
@@ -14,6 +13,7 @@ from inspect_ai.solver import generate
 
 from esr_eval.judge.faults import judge_faults, text_faults
 from esr_eval.judge.protocol import Attempt
+from esr_eval.scorers import attempts_judge
 
 ANSWER = (
     "Lava is hot and glows red. Wait, that is not right, let me try again. "

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from esr_eval.tasks.judge_validation import judge_validation
 from inspect_ai import eval
 from inspect_ai.model import ChatMessage, ModelOutput, ModelUsage, get_model
 
@@ -27,6 +26,7 @@ from esr_eval.judge.validation import (
 )
 from esr_eval.judge.validation_build import attempts_from_boundaries
 from esr_eval.judge.validation_set import ValidationRow
+from esr_eval.tasks.judge_validation import judge_validation
 
 PROMPT = "Explain how to brew coffee with a French press."
 LABEL = "volcanoes"

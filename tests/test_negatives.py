@@ -8,6 +8,7 @@ import json
 import re
 
 import pytest
+import yaml
 from inspect_ai.model import ModelOutput, ModelUsage, get_model
 
 from esr_eval.judge.cues import restart_cue
@@ -24,6 +25,7 @@ from esr_eval.judge.negatives import (
 )
 from esr_eval.judge.offline import grade
 from esr_eval.judge.protocol import rubric_sections
+from esr_eval.tasks.setup import EVAL_YAML
 
 FALSE_ALARM_GATE = 0.01  # the offline grader's false multi-attempt rate on the shipped pool may not exceed this
 
@@ -95,10 +97,6 @@ def test_the_shipped_pool() -> None:
 
 
 def test_eval_yaml_counts_the_pools_test_latents() -> None:
-    import yaml
-
-    from esr_eval.tasks.setup import EVAL_YAML
-
     listing = yaml.safe_load(EVAL_YAML.read_text())
     assert next(t["dataset_samples"] for t in listing["tasks"] if t["name"] == "judge_negatives") == len(load_pool("test"))
     assert listing["changelog"][0]["version"] == next(t["version"] for t in listing["tasks"] if t["name"] == "steering_resistance")

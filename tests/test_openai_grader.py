@@ -10,11 +10,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from esr_eval.scorers import attempts_judge
 from inspect_ai import Task, eval
 from inspect_ai.dataset import Sample
 from inspect_ai.model import ChatMessage, ModelOutput, ModelUsage, get_model
 from inspect_ai.solver import generate
+
+from esr_eval.scorers import attempts_judge
 
 ANSWERS = {
     "tea": "Boil water, add tea leaves, steep three minutes. Wait, let me start over. Warm the pot first.",

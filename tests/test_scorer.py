@@ -7,13 +7,6 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from esr_eval.scorers import (
-    adversarial_metrics,
-    attempts_judge,
-    esr_metrics,
-    grouped_esr_metrics,
-    trial_value,
-)
 from inspect_ai import Task, eval, score
 from inspect_ai._util.registry import registry_info
 from inspect_ai.dataset import Sample
@@ -25,6 +18,13 @@ from inspect_ai.solver import generate
 from esr_eval.judge.protocol import Attempt, JudgeResult
 from esr_eval.judge.text import is_degraded
 from esr_eval.results.stats import ESR_METRIC_NAMES
+from esr_eval.scorers import (
+    adversarial_metrics,
+    attempts_judge,
+    esr_metrics,
+    grouped_esr_metrics,
+    trial_value,
+)
 
 
 def score_value(result: JudgeResult, answer: str) -> dict[str, float]:

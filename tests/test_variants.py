@@ -8,7 +8,6 @@ import random
 import numpy as np
 import pytest
 import torch
-from esr_eval.tasks.meta_prompt import META_PROMPTS
 from test_tasks import keyed_grader, metrics, run
 from tiny_saes import save_orthonormal
 
@@ -21,6 +20,7 @@ from esr_eval.sampling.prompts import DEFAULT_PROMPTS as PROMPTS_FILE
 from esr_eval.sampling.prompts import load_prompts
 from esr_eval.steering.load import load_engine
 from esr_eval.steering.models import model_fingerprint
+from esr_eval.tasks.meta_prompt import META_PROMPTS
 
 REPLIES = {1: [(40, False)], 2: [(20, True), (70, False)], 3: [(40, False)], 4: [(20, True), (70, False)]}
 
@@ -204,9 +204,9 @@ def test_find_detectors_command_writes_file_and_plot(tiny_model_dir, tiny_sae_di
 
 
 def test_detectors_refuse_an_ablation_on_their_discovery_prompts(tiny_model_dir, tiny_sae_dir, tmp_path, monkeypatch):
-    import esr_eval.tasks.ablation as ablation
     from inspect_ai import eval as inspect_eval
 
+    import esr_eval.tasks.ablation as ablation
     from esr_eval.cli import main
     from esr_eval.errors import UsageError
 
