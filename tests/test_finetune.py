@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 
 import pytest
+import torch
 
 from esr_eval.cli import main
 from esr_eval.config import LoraSettings
@@ -202,3 +204,43 @@ def test_finetune_cli_end_to_end(tiny_model_dir, tmp_path):
     assert all(e["val_loss"] is not None and e["train_loss"] > 0 for e in metrics["epochs"])
     assert (out / "config.json").exists() and (out / "tokenizer_config.json").exists()
     assert main(["finetune", "--model", str(tiny_model_dir), "--data", str(tmp_path / "none.jsonl"), "--out", str(out)]) == 2
+    card = (out / "README.md").read_text()
+    assert hashlib.sha256(data.read_bytes()).hexdigest() in card and "| 2 | 2 |" in card  # data hash, epoch 2's row
+    assert not (tmp_path / "tuned.checkpoint").exists()  # the epoch checkpoint goes once the model is written
+
+
+def test_a_run_stopped_after_an_epoch_resumes_to_the_same_adapter(tiny_model_dir, tmp_path, monkeypatch):
+    """A long run in pieces: stopped after its first epoch's checkpoint, `--resume` ends with the
+    same adapter weights, losses and step count as the run that never stopped (dropout on)."""
+    from safetensors.torch import load_file
+
+    import esr_eval.training.finetune.train as train
+
+    data = tmp_path / "data.jsonl"
+    rows = [make_row(p, "Mix flour and water.") for p in plan_rows(PROMPTS, 12, 0.5, OffTopicBank.load(), seed=5)]
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    args = ["finetune", "--model", str(tiny_model_dir), "--data", str(data), "--epochs", "3", "--rank", "4", "--batch-size", "4",
+            "--dropout", "0.2", "--val-fraction", "0.2", "--adapter-only", "--lr"]  # fmt: skip
+    args = [*args, "1e-2"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+
+    real_save = train.save_checkpoint
+
+    def save_then_stop(*a, **k):
+        real_save(*a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "save_checkpoint", save_then_stop)
+    assert main([*args, "--out", str(tmp_path / "pieces")]) == 130  # stopped (Ctrl-C) after epoch 1
+    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    assert not (tmp_path / "pieces").exists() and (tmp_path / "pieces.checkpoint" / train.CHECKPOINT_STATE).exists()
+    assert main([*args[:-1], "2e-2", "--out", str(tmp_path / "pieces"), "--resume"]) == 2  # other settings: refused
+    assert main([*args, "--out", str(tmp_path / "pieces"), "--resume"]) == 0
+
+    whole, pieces = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("whole", "pieces"))
+    assert whole.keys() == pieces.keys()
+    for name in whole:
+        assert torch.equal(whole[name], pieces[name]), name
+    a, b = (json.loads((tmp_path / d / "finetune_metrics.json").read_text()) for d in ("whole", "pieces"))
+    assert a["step_losses"] == b["step_losses"] and a["epochs"] == b["epochs"] and b["optimizer_steps"] == 9
+    assert main([*args, "--out", str(tmp_path / "other"), "--resume"]) == 2  # nothing to resume from

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import shutil
+from pathlib import Path
 
 from esr_eval.cli.common import DTYPES
 from esr_eval.config import (
@@ -152,13 +155,18 @@ def _finetune(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.data} line {bad} has no messages and segments: {fix}")
     dictionary = steered_rows_dictionary(rows, args)
     model, tokenizer, chat_template = load_base(args.model, args.dtype, args.device)
-    peft_model, metrics = train_lora(model, tokenizer, rows, settings, chat_template, dictionary=dictionary)
+    checkpoint = Path(f"{args.out}.checkpoint")
+    peft_model, metrics = train_lora(
+        model, tokenizer, rows, settings, chat_template, dictionary=dictionary, checkpoint=checkpoint, resume=args.resume
+    )
     metrics["base_model"] = args.model
     metrics["data"] = str(args.data)
+    metrics["data_sha256"] = hashlib.sha256(Path(args.data).read_bytes()).hexdigest()
     if args.adapter_only:
         save_adapter(peft_model, args.out, metrics)
     else:
         merge_and_save(peft_model, tokenizer, args.out, metrics)
+    shutil.rmtree(checkpoint, ignore_errors=True)
     for e in metrics["epochs"]:
         val = "n/a" if e["val_loss"] is None else f"{e['val_loss']:.4f}"
         print(f"epoch {e['epoch']}: train loss {e['train_loss']:.4f}, val loss {val} ({e['steps']} steps)")
@@ -213,4 +221,8 @@ def add_finetune(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dictionary", help="the SAE steered rows were generated with (default: the model preset's)")
     p.add_argument("--adapter-only", action="store_true", help="write the LoRA adapter alone (for a preset to ship), not a merged model")
+    p.add_argument(
+        "--resume", action="store_true",
+        help="continue from OUT.checkpoint (written after every epoch) with the same data and settings",
+    )  # fmt: skip
     p.set_defaults(func=_finetune)

@@ -8,6 +8,7 @@ passage are labelled -100 (see `esr_eval.training.finetune.data.encode_row`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -118,6 +119,38 @@ def encode_rows(tokenizer, rows: Sequence[dict], max_length: int, chat_template:
     return out
 
 
+CHECKPOINT_STATE = "trainer_state.pt"
+
+
+def checkpoint_key(rows: Sequence[dict], settings: LoraSettings) -> str:
+    """What a checkpoint was trained on: the rows and every setting (a resumed run must match)."""
+    blob = json.dumps({"rows": list(rows), "settings": asdict(settings)}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def save_checkpoint(peft_model, folder: Path, state: dict[str, Any]) -> None:
+    """The adapter and the trainer's state after an epoch, in one rename."""
+    with atomic_directory(folder) as tmp:
+        peft_model.save_pretrained(tmp)
+        torch.save(state, tmp / CHECKPOINT_STATE)
+
+
+def load_checkpoint(peft_model, folder: Path, key: str) -> dict[str, Any]:
+    """Load a checkpoint's adapter weights into `peft_model`; returns the trainer state."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from esr_eval.errors import UsageError
+
+    if not (folder / CHECKPOINT_STATE).is_file():
+        raise UsageError(f"--resume: no checkpoint in {folder}: drop --resume to start afresh")
+    state = torch.load(folder / CHECKPOINT_STATE, weights_only=False)
+    if state["key"] != key:
+        raise UsageError(f"--resume: {folder} was trained on other rows or settings: pass the same ones, or drop --resume")
+    set_peft_model_state_dict(peft_model, load_file(folder / "adapter_model.safetensors"))
+    return state
+
+
 def train_lora(
     model,
     tokenizer,
@@ -126,11 +159,15 @@ def train_lora(
     chat_template: bool = True,
     progress: bool = True,
     dictionary: FeatureDictionary | None = None,
+    checkpoint: Path | None = None,
+    resume: bool = False,
 ):
     """Wrap `model` with LoRA adapters and train them on `rows`; returns (peft model, metrics).
     Rows that carry steering (`esr-eval make-finetune-data --steered`) need the `dictionary` it
     indexes; they are trained with it on, and the adapters sit only on the layers after the
-    steering layer, so the residual the dictionary reads (and steers) stays the base model's."""
+    steering layer, so the residual the dictionary reads (and steers) stays the base model's.
+    With `checkpoint`, the adapter and optimizer state are written there after every epoch, and
+    `resume` continues from the last one written (long runs in pieces)."""
     from peft import LoraConfig, get_peft_model
     from tqdm import tqdm
     from transformers import get_linear_schedule_with_warmup
@@ -165,9 +202,18 @@ def train_lora(
 
     step_losses: list[float] = []
     epochs: list[dict[str, Any]] = []
-    bar = tqdm(total=total_steps, desc="lora", unit="step", disable=not progress)
     step = 0
-    for epoch in range(settings.epochs):
+    key = checkpoint_key(rows, settings)
+    if resume:
+        if checkpoint is None:
+            raise ValueError("resume needs a checkpoint folder")
+        state = load_checkpoint(model, checkpoint, key)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        step, step_losses, epochs = state["step"], state["step_losses"], state["epochs"]
+    bar = tqdm(total=total_steps, initial=step, desc="lora", unit="step", disable=not progress)
+    for epoch in range(len(epochs), settings.epochs):
         if step >= total_steps:
             break
         order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(settings.seed + epoch)).tolist()
@@ -194,6 +240,9 @@ def train_lora(
         record = {"epoch": epoch + 1, "steps": len(epoch_losses), "train_loss": sum(epoch_losses) / len(epoch_losses)}
         record["val_loss"] = mean_loss(model, val_set, pad_id, settings.micro_batch_size, steering) if val_set else None
         epochs.append(record)
+        if checkpoint is not None:
+            state = dict(key=key, step=step, step_losses=step_losses, epochs=epochs, rng=torch.get_rng_state())
+            save_checkpoint(model, checkpoint, {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
     bar.close()
     if steering is not None:
         steering.hooks.remove()
@@ -214,6 +263,39 @@ def train_lora(
     return model, metrics
 
 
+def model_card(metrics: dict[str, Any]) -> str:
+    """The README written beside the weights: recipe, data and its hash, hyper-parameters, losses
+    and training latents, read from the metrics `train_lora` returns."""
+    settings = metrics.get("settings", {})
+    lines = [
+        f"# {metrics.get('recipe', 'self-correction')} LoRA on {metrics.get('base_model', 'its base model')}",
+        "",
+        "Written by `esr-eval finetune`; every figure below is also in `finetune_metrics.json`.",
+        "",
+        f"- data: `{metrics.get('data')}`, sha256 `{metrics.get('data_sha256')}`",
+        f"- rows: {metrics.get('rows')} ({metrics.get('correction_rows')} with a restart); "
+        f"train {metrics.get('train_rows')}, validation {metrics.get('val_rows')}",
+        f"- optimizer steps: {metrics.get('optimizer_steps')}",
+        f"- training latents (never steered in an evaluation of this model): {metrics.get('training_latents')}",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in settings.items()),
+        "",
+        "| epoch | steps | train loss | validation loss |",
+        "|---|---|---|---|",
+    ]
+    for e in metrics.get("epochs", []):
+        val = "n/a" if e.get("val_loss") is None else f"{e['val_loss']:.4f}"
+        lines.append(f"| {e['epoch']} | {e['steps']} | {e['train_loss']:.4f} | {val} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_metrics(folder: Path, metrics: dict[str, Any]) -> None:
+    (folder / FINETUNE_METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    (folder / "README.md").write_text(model_card(metrics))
+
+
 def merge_and_save(peft_model, tokenizer, out: str | Path, metrics: dict[str, Any]) -> Path:
     """Fold the adapters into the weights and write model + tokenizer + metrics in one rename."""
     merged = peft_model.merge_and_unload()
@@ -221,7 +303,7 @@ def merge_and_save(peft_model, tokenizer, out: str | Path, metrics: dict[str, An
     with atomic_directory(out) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / FINETUNE_METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        write_metrics(tmp, metrics)
     return Path(out)
 
 
@@ -241,6 +323,6 @@ def save_adapter(peft_model, out: str | Path, metrics: dict[str, Any]) -> Path:
     """Write only the LoRA adapter (a few MB) and the metrics, for a preset to ship; the base
     model comes from its own package."""
     with atomic_directory(out) as tmp:
-        peft_model.save_pretrained(tmp)
-        (tmp / FINETUNE_METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        peft_model.save_pretrained(tmp)  # peft's own README template is replaced by the card
+        write_metrics(tmp, metrics)
     return Path(out)
