@@ -53,8 +53,9 @@ PROVIDER = "esr_judge"
 # Bump when a change can move any grade: thresholds and logs record it, so a threshold found by
 # an older grader is not reused. 3: restart classifier over embeddings with context checks;
 # 4: a restart needs a cue in words (`cues`), a fresh attempt after it that neither loops back
-# nor degenerates (fused non-words count), and scores rank attempts.
-GRADER_VERSION = "4"
+# nor degenerates (fused non-words count), and scores rank attempts; 5: a sure, cued announcement
+# opens an attempt even when the text after it does not come back to the prompt (a failed restart).
+GRADER_VERSION = "5"
 
 # Restart decisions (set on the dev half; see the judge-validation README).
 RESTART_P = 0.3  # classifier probability that makes a unit with a restart cue a candidate
@@ -62,7 +63,7 @@ UNCUED_P = 0.9  # probability that makes a unit without a cue a candidate
 UNCUED_GAIN = 0.25  # how much more an uncued restart's rest must lean to the prompt
 RETURN_GAIN = 0.15  # how much more the rest of the answer must lean to the prompt (vs the concept)
 SURE_P = 0.95  # a restart that does not come back to the prompt needs this probability,
-SURE_WORDS = 4  # this many words, and drifted text before it
+SURE_WORDS = 4  # this many words, and drifted text before it or a restart cue in it
 ON_TOPIC = 0.4  # prompt similarity of text that has not drifted
 PULLED = 0.15  # concept similarity of text that has drifted toward the concept
 MIN_AFTER_WORDS = 2  # a restart needs a real attempt after it
@@ -184,7 +185,10 @@ def find_restarts(
         if ok and vectors is not None and prompt_vec is not None:
             rest = [k for k in range(j + 1, n) if not candidate[k]]
             gain, drifted = _returns(units, vectors, before, rest, prompt_vec, label_vec)
-            sure = float(p[i : j + 1].max()) >= SURE_P and len(announcement.split()) >= SURE_WORDS and drifted
+            # a sure announcement opens an attempt after drifted text, or wherever it says so in
+            # words ("Let me start over."): the rubric counts a restart that fails too; the checks
+            # above still rule out loops and degenerate text
+            sure = float(p[i : j + 1].max()) >= SURE_P and len(announcement.split()) >= SURE_WORDS and (drifted or bool(cued[i : j + 1].any()))
             ok = gain >= RETURN_GAIN or sure
             if not cued[i : j + 1].any():  # no cue: only a sure classifier, drifted text before and a clear return
                 ok = ok and drifted and gain >= UNCUED_GAIN
