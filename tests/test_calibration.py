@@ -127,6 +127,17 @@ def test_cache_round_trip_and_reuse(tmp_path):
     assert cache.thresholds(**_key()) == {3: 13.0, 4: 7.0}
 
 
+def test_shipped_thresholds_are_read_after_the_users_cache_and_never_written(tmp_path):
+    shipped = tmp_path / "shipped.jsonl"
+    ThresholdCache(shipped, shipped=[]).put(CalibrationResult(9.0, 6, 0.3), **_key())
+    before = shipped.read_text()
+    cache = ThresholdCache(tmp_path / "user.jsonl", shipped=[shipped])
+    assert cache.get(**_key()).threshold == 9.0 and cache.get(**_key(target=0.4)) is None  # the full key still decides
+    cache.put(CalibrationResult(11.0, 6, 0.3), **_key())
+    assert cache.get(**_key()).threshold == 11.0  # the user's own row wins
+    assert shipped.read_text() == before and (tmp_path / "user.jsonl").exists()
+
+
 @pytest.mark.parametrize(
     "change",
     [

@@ -4,7 +4,9 @@ The key holds everything that changes a threshold: the model's weights, the dict
 latent, the grader and its version, the target, the prompt set, the generation settings, the
 calibration budget and method, and the dtype and engine that generate. A row written before a key field existed never matches. Writes rewrite the
 file atomically under an inter-process lock, so two processes sharing one cache keep both rows;
-a line that does not parse is reported and kept.
+a line that does not parse is reported and kept. Thresholds committed with the package
+(`assets/*/thresholds.jsonl`, e.g. the positive control's evidence runs) are read, never written,
+after the user's cache: a run whose key matches reuses them instead of recalibrating.
 """
 
 from __future__ import annotations
@@ -41,9 +43,17 @@ def prompt_set_hash(prompts: list[str]) -> str:
     return hashlib.sha1("\n".join(prompts).encode()).hexdigest()[:12]
 
 
+SHIPPED_THRESHOLDS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def shipped_threshold_files() -> list[Path]:
+    return sorted(SHIPPED_THRESHOLDS.glob("*/thresholds.jsonl"))
+
+
 class ThresholdCache:
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, shipped: list[Path] | None = None) -> None:
         self.path = Path(path) if path else cache_dir() / "thresholds.jsonl"
+        self.shipped = shipped_threshold_files() if shipped is None else shipped
 
     def check_writable(self) -> None:
         """Refuse an unwritable cache before calibration (whose thresholds it would lose)."""
@@ -56,9 +66,13 @@ class ThresholdCache:
             return None
         return json.dumps({k: row[k] for k in KEY_FIELDS}, sort_keys=True)
 
+    def rows(self) -> list[dict[str, Any]]:
+        """Shipped rows first, then the user's cache (later rows win)."""
+        return [row for path in [*self.shipped, self.path] for row in read_jsonl_cache(path).rows]
+
     def get(self, **fields: Any) -> CalibrationResult | None:
         wanted = self.key(fields)
-        for row in reversed(read_jsonl_cache(self.path).rows):
+        for row in reversed(self.rows()):
             if self.key(row) == wanted:
                 history = [(float(b), float(s)) for b, s in row.get("history", [])]
                 return CalibrationResult(float(row["threshold"]), int(row["trials"]), float(row["score"]), history,
@@ -78,6 +92,6 @@ class ThresholdCache:
         match = {k: v for k, v in fields.items() if k in KEY_FIELDS and k != "latent"}
         return {
             int(r["latent"]): float(r["threshold"])
-            for r in read_jsonl_cache(self.path).rows
+            for r in self.rows()
             if self.key(r) is not None and all(r.get(k) == v for k, v in match.items())
         }

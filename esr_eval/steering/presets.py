@@ -80,6 +80,15 @@ PRESETS: dict[str, Preset] = {
             n_layers=30,
         ),
         Preset(
+            "smollm2-135m-resist",
+            _smollm2_gguf,
+            str(ASSETS / "sae" / "smollm2-135m-l18"),
+            adapter=str(ASSETS / "positive_control" / "adapter"),
+            notes="The positive control: SmolLM2-135M-Instruct with a shipped LoRA trained to notice a derailing push and "
+            "restart (esr_eval/assets/positive_control); same SAE as smollm2-135m. Its training latents are refused.",
+            n_layers=30,
+        ),
+        Preset(
             "gemma-3-270m",
             _gemma3_gguf,
             str(ASSETS / "sae" / "gemma-3-270m-l11"),
