@@ -108,7 +108,7 @@ def test_an_unknown_preset_lists_the_presets_and_the_other_forms(tmp_path):
 
     found = refuse(tmp_path, "steered/no-such-preset")
     assert found.startswith("model 'no-such-preset' is not a preset, a folder, a .gguf file or a hub id")
-    assert "smollm2-135m, gemma-3-270m" in found and "a model folder, a .gguf file, or a hub id ORG/NAME" in found
+    assert "smollm2-135m, smollm2-135m-resist, gemma-3-270m" in found and "a model folder, a .gguf file, or a hub id ORG/NAME" in found
     with pytest.raises(MissingFileError, match=r"model .*missing.gguf does not exist"):
         check_model_source(str(tmp_path / "missing.gguf"))
     check_model_source("HuggingFaceTB/SmolLM2-135M-Instruct")  # a hub id is left to the hub
