@@ -211,12 +211,6 @@ class Summary:
         self.clusters = [t.latent if t.latent is not None else ("trial", i) for i, t in enumerate(self.trials)]
         self._cache: dict[str, Estimate] = {}
 
-    @classmethod
-    def of_values(cls, values: Iterable[TrialValue], latents: Iterable[int | None] | None = None) -> "Summary":
-        values = list(values)
-        latents = list(latents) if latents is not None else [None] * len(values)
-        return cls(Trial(v, k) for v, k in zip(values, latents))
-
     def _select(self, select: Select) -> tuple[list[TrialValue], list[Hashable]]:
         chosen = [(t.value, c) for t, c in zip(self.trials, self.clusters) if select(t.value)]
         return [v for v, _ in chosen], [c for _, c in chosen]

@@ -212,9 +212,6 @@ def make_datasets(
     return {ratio: [make_row(p, a) for p, a in zip(ps, answers)] for ratio, ps in plans.items()}
 
 
-def make_dataset(engine, prompts: Sequence[str], n: int, ratio: float, **kwargs: Any) -> list[dict[str, Any]]:
-    return make_datasets(engine, prompts, n, [ratio], **kwargs)[ratio]
-
 
 def ratio_path(out: str | Path, ratio: float, several: bool) -> Path:
     """`data.jsonl` for one ratio; `data-r50.jsonl` (percent) for each of several."""
