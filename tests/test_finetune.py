@@ -220,8 +220,7 @@ def test_a_run_stopped_after_an_epoch_resumes_to_the_same_adapter(tiny_model_dir
     rows = [make_row(p, "Mix flour and water.") for p in plan_rows(PROMPTS, 12, 0.5, OffTopicBank.load(), seed=5)]
     data.write_text("\n".join(json.dumps(r) for r in rows))
     args = ["finetune", "--model", str(tiny_model_dir), "--data", str(data), "--epochs", "3", "--rank", "4", "--batch-size", "4",
-            "--dropout", "0.2", "--val-fraction", "0.2", "--adapter-only", "--lr"]  # fmt: skip
-    args = [*args, "1e-2"]
+            "--dropout", "0.2", "--val-fraction", "0.2", "--adapter-only", "--lr", "1e-2"]  # fmt: skip
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
 
     real_save = train.save_checkpoint

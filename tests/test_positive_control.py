@@ -4,6 +4,7 @@ latents, and the CI run's cache keys find the committed thresholds (no recalibra
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -38,8 +39,6 @@ def test_the_ci_gate_passes_on_the_evidence() -> None:
 
 
 def test_the_ci_latents_are_held_out_evidence_latents() -> None:
-    import json
-
     trained = set(json.loads((HERE / "adapter" / "finetune_metrics.json").read_text())["training_latents"])
     [path] = newest_log_files([str(EVIDENCE / "resist-steered")])
     evaluated = {s.metadata["latent"] for s in read_log(path).samples}

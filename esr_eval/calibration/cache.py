@@ -43,11 +43,12 @@ def prompt_set_hash(prompts: list[str]) -> str:
     return hashlib.sha1("\n".join(prompts).encode()).hexdigest()[:12]
 
 
-SHIPPED_THRESHOLDS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
 def shipped_threshold_files() -> list[Path]:
-    return sorted(SHIPPED_THRESHOLDS.glob("*/thresholds.jsonl"))
+    """Threshold rows committed with the package (one file per asset folder that has one)."""
+    return sorted(ASSETS.glob("*/thresholds.jsonl"))
 
 
 class ThresholdCache:

@@ -7,18 +7,12 @@ here=esr_eval/assets/positive_control
 common=(-T prompts_per_latent=4 -T threshold_cache=$here/thresholds.jsonl --display plain)
 inspect eval esr_eval/steering_resistance --model steered/smollm2-135m-resist -T n_latents=25 "${common[@]}" \
     --log-dir $here/logs/resist-steered
+# the latents the control's run sampled (training latents excluded), pinned for the other two cells
 latents=$(python -c "
-import sys; from inspect_ai.log import list_eval_logs, read_eval_log
-log = read_eval_log(list_eval_logs('$here/logs/resist-steered')[0], header_only=True)
-print(','.join(str(k) for k in log.eval.task_args['latents'] or []) if log.eval.task_args.get('latents') else '')
+from esr_eval.results.logs import newest_log_files, read_log, sample_latent
+[path] = newest_log_files(['$here/logs/resist-steered'])
+print(','.join(str(k) for k in sorted({sample_latent(s) for s in read_log(path).samples})))
 ")
-if [ -z "$latents" ]; then
-    latents=$(python -c "
-from inspect_ai.log import list_eval_logs, read_eval_log
-log = read_eval_log(list_eval_logs('$here/logs/resist-steered')[0])
-print(','.join(str(k) for k in sorted({s.metadata['latent'] for s in log.samples})))
-")
-fi
 echo "held-out latents: $latents"
 inspect eval esr_eval/steering_resistance --model steered/smollm2-135m -T latents=$latents "${common[@]}" \
     --log-dir $here/logs/base-steered
