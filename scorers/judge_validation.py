@@ -1,5 +1,5 @@
 """`judge_agreement`: compares a grader's attempts with the judge-validation set's labels; thin
-`@metric`s over `esr_eval.judge.validation` (one float each, so every figure and each bound is
+`@metric`s over `esr_eval.judge_tools.validation` (one float each, so every figure and each bound is
 its own entry in the viewer, and two graders' logs line up side by side)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from inspect_ai.solver import TaskState
 
 from esr_eval.judge.faults import judge_faults
 from esr_eval.judge.protocol import Attempt
-from esr_eval.judge.validation import (
+from esr_eval.judge_tools.validation import (
     METRIC_NAMES,
     Comparison,
     compare,

@@ -20,7 +20,11 @@ from inspect_ai.solver import Generate, Solver, TaskState, solver
 from esr_eval.config import GRADER_ROLE, OFFLINE_GRADER
 from esr_eval.errors import UsageError, unknown_names
 from esr_eval.judge.protocol import grader_identity, judge_answer, rubric_message
-from esr_eval.judge.validation_set import SET_PATH, ValidationRow, load_validation_set
+from esr_eval.judge_tools.validation_set import (
+    SET_PATH,
+    ValidationRow,
+    load_validation_set,
+)
 from esr_eval.scorers.judge_validation import JUDGED, judge_agreement, negatives_judge
 from esr_eval.tasks.setup import task_version
 
@@ -116,7 +120,7 @@ def judge_negatives(split: str = "test", **unknown: Any) -> Task:
     Args:
       split: "test" (the latents no grader was tuned on), "dev" or "all".
     """
-    from esr_eval.judge.negatives import ANSWERS, load_pool
+    from esr_eval.judge_tools.negatives import ANSWERS, load_pool
 
     unknown_names(unknown, ["split"], "task args for judge_negatives")
     if split not in ("test", "dev", "all"):

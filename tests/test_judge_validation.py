@@ -15,7 +15,7 @@ from inspect_ai.model import ChatMessage, ModelOutput, ModelUsage, get_model
 
 from esr_eval.cli import main
 from esr_eval.cli.judge import print_results, run_validation
-from esr_eval.judge.validation import (
+from esr_eval.judge_tools.validation import (
     METRIC_NAMES,
     Comparison,
     _kappa,
@@ -24,8 +24,8 @@ from esr_eval.judge.validation import (
     metric_value,
     share,
 )
-from esr_eval.judge.validation_build import attempts_from_boundaries
-from esr_eval.judge.validation_set import ValidationRow
+from esr_eval.judge_tools.validation_build import attempts_from_boundaries
+from esr_eval.judge_tools.validation_set import ValidationRow
 from esr_eval.tasks.judge_validation import judge_validation
 
 PROMPT = "Explain how to brew coffee with a French press."

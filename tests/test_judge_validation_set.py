@@ -6,15 +6,18 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from esr_eval.judge.restart_training import shares_recovery_sentence, training_units
 from esr_eval.judge.restarts import (
     WEIGHTS_PATH,
     normalise,
     read_training_sentences,
     split_units,
 )
-from esr_eval.judge.validation_build import build
-from esr_eval.judge.validation_set import load_validation_set
+from esr_eval.judge_tools.restart_training import (
+    shares_recovery_sentence,
+    training_units,
+)
+from esr_eval.judge_tools.validation_build import build
+from esr_eval.judge_tools.validation_set import load_validation_set
 from esr_eval.training.finetune.data import OffTopicBank
 
 ROWS = load_validation_set(split="all")

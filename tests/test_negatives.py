@@ -12,7 +12,9 @@ import yaml
 from inspect_ai.model import ModelOutput, ModelUsage, get_model
 
 from esr_eval.judge.cues import restart_cue
-from esr_eval.judge.negatives import (
+from esr_eval.judge.offline import grade
+from esr_eval.judge.protocol import rubric_sections
+from esr_eval.judge_tools.negatives import (
     BANDS,
     Judged,
     Negative,
@@ -23,8 +25,6 @@ from esr_eval.judge.negatives import (
     to_read,
     validation_latents,
 )
-from esr_eval.judge.offline import grade
-from esr_eval.judge.protocol import rubric_sections
 from esr_eval.tasks.setup import EVAL_YAML
 
 FALSE_ALARM_GATE = 0.01  # the offline grader's false multi-attempt rate on the shipped pool may not exceed this

@@ -22,8 +22,8 @@ from inspect_ai.solver import generate
 from esr_eval.config import OFFLINE_GRADER
 from esr_eval.judge.offline import GRADER_VERSION, grade, split_attempts
 from esr_eval.judge.protocol import judge_answer
-from esr_eval.judge.validation import compare, metric_value
-from esr_eval.judge.validation_set import load_validation_set
+from esr_eval.judge_tools.validation import compare, metric_value
+from esr_eval.judge_tools.validation_set import load_validation_set
 from esr_eval.scorers import attempts_judge
 
 PROMPT = "Explain how to brew coffee with a French press."

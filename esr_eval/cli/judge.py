@@ -16,7 +16,7 @@ TASK = "esr_eval/judge_validation"
 SCORER = "judge_agreement"
 NEGATIVES_TASK = "esr_eval/judge_negatives"
 NEGATIVES_SCORER = "negatives_judge"
-COUNT_NAMES = ("n", "judge_errors", "judge_faults", "n_multi_labelled", "n_multi_judged")  # judge.validation.COUNTS
+COUNT_NAMES = ("n", "judge_errors", "judge_faults", "n_multi_labelled", "n_multi_judged")  # judge_tools.validation.COUNTS
 
 
 def _slug(name: str) -> str:
@@ -57,8 +57,8 @@ def run_validation(
     from inspect_ai import eval as inspect_eval
     from inspect_ai.log import read_eval_log
 
-    from esr_eval.judge.validation import Comparison, confusion_plot
-    from esr_eval.judge.validation_set import load_validation_set
+    from esr_eval.judge_tools.validation import Comparison, confusion_plot
+    from esr_eval.judge_tools.validation_set import load_validation_set
 
     load_validation_set(data, split)  # a bad file or split fails before any model loads
     task_args = {"split": split, **({"data": str(Path(data).resolve())} if data else {})}
@@ -86,7 +86,7 @@ def run_validation(
 def print_results(results: list[GraderResult], split: str, fmt: str = "table") -> None:
     from rich.table import Table
 
-    from esr_eval.judge.validation import COUNTS, FIGURES
+    from esr_eval.judge_tools.validation import COUNTS, FIGURES
 
     names = [*COUNTS, *FIGURES]
     if fmt == "markdown":
@@ -110,11 +110,11 @@ def run_negatives(
     graders: list[Any], split: str = "test", log_dir: str = "logs", max_connections: int | None = None, display: str = "none"
 ) -> tuple[dict[str, list[Any]], list[str]]:
     """Run esr_eval/judge_negatives once per grader; return each finished grader's pool figures
-    (`esr_eval.judge.negatives.pool_figures`) and one line per failed eval."""
+    (`esr_eval.judge_tools.negatives.pool_figures`) and one line per failed eval."""
     from inspect_ai import eval as inspect_eval
     from inspect_ai.log import read_eval_log
 
-    from esr_eval.judge.negatives import Judged, load_pool, pool_figures
+    from esr_eval.judge_tools.negatives import Judged, load_pool, pool_figures
 
     pool = {n.id: n for n in load_pool(split)}
     logs = inspect_eval(
@@ -210,8 +210,8 @@ def add_validate_judge(sub) -> None:
 def _train(args: argparse.Namespace) -> int:
     from esr_eval.files import atomic_write_text
     from esr_eval.judge import scoring
-    from esr_eval.judge.restart_training import train, train_attempt_scorer, write
     from esr_eval.judge.restarts import WEIGHTS_PATH
+    from esr_eval.judge_tools.restart_training import train, train_attempt_scorer, write
 
     classifier = train(args.c, args.data)
     out = write(classifier, Path(args.out_dir) / WEIGHTS_PATH.name if args.out_dir else WEIGHTS_PATH)
@@ -229,7 +229,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def add_train_grader(sub) -> None:
-    from esr_eval.judge.restart_training import DEFAULT_C
+    from esr_eval.judge_tools.restart_training import DEFAULT_C
 
     cmd = sub.add_parser(
         "train-grader",

@@ -1,10 +1,10 @@
-"""Build the judge-validation set from its sources (`python -m esr_eval.judge.validation_build`).
+"""Build the judge-validation set from its sources (`python -m esr_eval.judge_tools.validation_build`).
 
 Sources, in `esr_eval/assets/judge_validation/sources/`:
 - `written_dev.txt`, `written_test.txt`: hand-written answers with their labels in a header line
   and their restart phrases marked inline (format in the set's README);
 - `real_answers.jsonl`: steered answers of the embedded models taken from eval logs
-  (`python -m esr_eval.judge.validation_build harvest LOG...`);
+  (`python -m esr_eval.judge_tools.validation_build harvest LOG...`);
 - `real_labels.jsonl`: the hand labels of those answers, keyed by id.
 
 Real answers are split by latent (all answers of one latent of one model land in one half), so
@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from esr_eval.judge.validation_set import (
+from esr_eval.judge_tools.validation_set import (
     SET_DIR,
     SET_PATH,
     LabelledAttempt,
@@ -248,7 +248,7 @@ def add_answers(path: Path, rows: list[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     from esr_eval.files import atomic_write_jsonl
 
-    parser = argparse.ArgumentParser(prog="python -m esr_eval.judge.validation_build", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m esr_eval.judge_tools.validation_build", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command")
     h = sub.add_parser("harvest", help="append the answers of eval logs to real_answers.jsonl")
     h.add_argument("logs", nargs="+")

@@ -20,7 +20,7 @@ BANDS = {  # first-attempt score bands (labels) and the judge scores they corres
     3: "answers with minor drift or weak quality (60-80)",
     4: "a complete, on-topic answer (80-100)",
 }
-FIX = "rebuild it with `python -m esr_eval.judge.validation_build`, or pass a file in the set's format"
+FIX = "rebuild it with `python -m esr_eval.judge_tools.validation_build`, or pass a file in the set's format"
 
 
 @dataclass(frozen=True)

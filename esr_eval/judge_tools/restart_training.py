@@ -28,7 +28,7 @@ from esr_eval.judge.restarts import (
     read_training_sentences,
     split_units,
 )
-from esr_eval.judge.validation_set import ValidationRow, load_validation_set
+from esr_eval.judge_tools.validation_set import ValidationRow, load_validation_set
 
 DEFAULT_C = 4.0  # inverse regularisation, chosen by cross-validation on the dev material only
 CV_FOLDS = 5

@@ -2,8 +2,8 @@
 of the embedded models, steered below, at and above their thresholds and not steered at all, that
 no grader was built on. Almost none restarts, so a grader that splits one raises a false alarm.
 
-    python -m esr_eval.judge.negatives harvest LOG.eval ...   # add answers (see generate.sh)
-    python -m esr_eval.judge.negatives to-read                # answers a person must read
+    python -m esr_eval.judge_tools.negatives harvest LOG.eval ...   # add answers (see generate.sh)
+    python -m esr_eval.judge_tools.negatives to-read                # answers a person must read
     esr-eval validate-judge --negatives                       # a grader's false-alarm figures
 
 Labels: every answer with restart-like words (`RESTART_LIKE`, far broader than the grader's cues),
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from esr_eval.judge.validation_set import SET_DIR, load_validation_set
+from esr_eval.judge_tools.validation_set import SET_DIR, load_validation_set
 
 POOL_DIR = SET_DIR / "negatives"
 ANSWERS = POOL_DIR / "answers.jsonl"
@@ -166,7 +166,7 @@ def pool_figures(judged: Sequence[Judged]) -> list[PoolFigures]:
 
 def harvest(logs: Sequence[str]) -> list[dict[str, Any]]:
     """The answers of eval logs as pool rows, less the latents of the judge-validation set."""
-    from esr_eval.judge.validation_build import harvest as harvest_logs
+    from esr_eval.judge_tools.validation_build import harvest as harvest_logs
 
     taken = validation_latents()
     return [row for row in harvest_logs(list(logs)) if (row["origin"]["model"], row["origin"]["latent"]) not in taken]
@@ -180,14 +180,14 @@ def to_read(pool: Sequence[Negative], split_by: dict[str, int] | None = None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m esr_eval.judge.negatives", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m esr_eval.judge_tools.negatives", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     h = sub.add_parser("harvest", help="add the answers of eval logs to answers.jsonl")
     h.add_argument("logs", nargs="+")
     sub.add_parser("to-read", help="list the answers with restart-like words that have no label yet")
     args = parser.parse_args(argv)
     if args.command == "harvest":
-        from esr_eval.judge.validation_build import add_answers
+        from esr_eval.judge_tools.validation_build import add_answers
 
         add_answers(ANSWERS, harvest(args.logs))
         return 0
