@@ -34,7 +34,7 @@ STEER_VALUE = 8.0
 
 @dataclass
 class Bench:
-    lm: object  # SteeredLM
+    lm: object  # HFEngine
     model: torch.nn.Module
     tokenizer: object
     prompts: list[list[int]]
@@ -45,7 +45,7 @@ def build(shape: str, device: str, dtype: torch.dtype, prompt_tokens: int, rows:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from esr_eval.steering.backends.hf import SteeredLM
+    from esr_eval.steering.backends.hf import HFEngine
     from esr_eval.steering.dictionary import DirectionSet
 
     hidden, inter, layers, heads, kv, vocab = SHAPES[shape]
@@ -63,7 +63,7 @@ def build(shape: str, device: str, dtype: torch.dtype, prompt_tokens: int, rows:
         model.lm_head.weight[EOS] = 0  # EOS scores 0 and never wins greedy: every row runs its full budget
     layer = layers * 3 // 5
     directions = torch.nn.functional.normalize(torch.randn(DICTIONARY_WIDTH, hidden), dim=-1)
-    lm = SteeredLM(model, tokenizer, DirectionSet(directions, "random", layer, {}), name=f"random-{shape}", chat_template=False)
+    lm = HFEngine(model, tokenizer, DirectionSet(directions, "random", layer, {}), name=f"random-{shape}", chat_template=False)
     gen = torch.Generator().manual_seed(0)
     texts = [" ".join(f"w{t}" for t in torch.randint(3, vocab, (prompt_tokens,), generator=gen).tolist()) for _ in range(rows)]
     prompts = [lm.prompt_ids([{"role": "user", "content": t}]) for t in texts]

@@ -110,10 +110,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from esr_eval.steering.backends.hf import SteeredLM
+    from esr_eval.steering.backends.hf import HFEngine
     from esr_eval.steering.backends.vllm import VLLMEngine
 
-    hf = SteeredLM.load(args.model, dtype=args.dtype)
+    hf = HFEngine.load(args.model, dtype=args.dtype)
     ref = reference(hf, args.batch, args.tokens)
     hf_speed = backend_throughput(hf, args.batch, args.tokens, args.repeats)
     del hf

@@ -18,8 +18,8 @@ from esr_eval.schema import DetectorsFile
 from esr_eval.scorers import grouped_esr_metrics
 from esr_eval.steering.dictionary import DirectionSet
 from esr_eval.tasks.dataset import build_samples
-from esr_eval.tasks.loop import esr_task
-from esr_eval.tasks.setup import Setup, prepare
+from esr_eval.tasks.task_builder import esr_task
+from esr_eval.tasks.task_setup import Setup, prepare
 
 
 def read_task_detectors(path: str | None, common: dict[str, Any]) -> tuple[DetectorsFile, list[str]]:

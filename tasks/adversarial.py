@@ -20,9 +20,9 @@ from esr_eval.steering.dictionary import DirectionSet
 from esr_eval.steering.directions import cached_directions
 from esr_eval.steering.engine import SteeringEngine
 from esr_eval.tasks.dataset import build_samples
-from esr_eval.tasks.loop import esr_task
 from esr_eval.tasks.meta_prompt import META_PROMPTS
-from esr_eval.tasks.setup import prepare
+from esr_eval.tasks.task_builder import esr_task
+from esr_eval.tasks.task_setup import prepare
 
 DATA = Path(__file__).parent / "data"
 SOURCES = ("directions", "latents")

@@ -11,8 +11,8 @@ from esr_eval.config import finite_float, strict_int
 from esr_eval.errors import UsageError
 from esr_eval.scorers import grouped_esr_metrics
 from esr_eval.tasks.dataset import build_samples
-from esr_eval.tasks.loop import esr_task
-from esr_eval.tasks.setup import prepare
+from esr_eval.tasks.task_builder import esr_task
+from esr_eval.tasks.task_setup import prepare
 
 
 def sweep_levels(levels: int, span: float) -> list[float]:

@@ -14,7 +14,7 @@ from esr_eval.sampling.prefixes import check_models, read_source
 from esr_eval.sampling.seeds import derive_seed
 from esr_eval.schema import SourceAnswer
 from esr_eval.tasks.dataset import steered_concept
-from esr_eval.tasks.setup import Setup, prepare, steered_model
+from esr_eval.tasks.task_setup import Setup, prepare, steered_model
 
 # -T args of every ESR task that a continuation of source answers does not use
 SAMPLING_ARGS = ("prompts", "n_latents", "prompts_per_latent", "latents", "relevance", "concreteness")

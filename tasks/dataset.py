@@ -10,7 +10,7 @@ from typing import Any
 from inspect_ai.dataset import MemoryDataset, Sample
 
 from esr_eval.sampling.seeds import derive_seed
-from esr_eval.tasks.setup import Setup
+from esr_eval.tasks.task_setup import Setup
 
 
 def build_samples(

@@ -26,7 +26,7 @@ from esr_eval.judge_tools.validation_set import (
     load_validation_set,
 )
 from esr_eval.scorers.judge_validation import JUDGED, judge_agreement, negatives_judge
-from esr_eval.tasks.setup import task_version
+from esr_eval.tasks.task_setup import task_version
 
 
 def row_sample(row: ValidationRow) -> Sample:

@@ -32,8 +32,8 @@ from esr_eval.tasks.continuation import (
     refuse_args,
     source_answers,
 )
-from esr_eval.tasks.loop import esr_task
-from esr_eval.tasks.setup import prepare
+from esr_eval.tasks.task_builder import esr_task
+from esr_eval.tasks.task_setup import prepare
 
 CONDITIONS = ["restart", "matched", "off"]
 COMPARISONS = [("restart", "matched"), ("restart", "off"), ("matched", "off")]

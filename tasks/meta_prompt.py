@@ -10,8 +10,8 @@ from esr_eval.config import str_list
 from esr_eval.errors import UsageError
 from esr_eval.scorers import grouped_esr_metrics
 from esr_eval.tasks.dataset import build_samples
-from esr_eval.tasks.loop import esr_task
-from esr_eval.tasks.setup import prepare
+from esr_eval.tasks.task_builder import esr_task
+from esr_eval.tasks.task_setup import prepare
 
 META_PROMPTS = {
     "dont_get_distracted": "{prompt} Don't get distracted!",

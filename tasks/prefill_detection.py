@@ -39,7 +39,7 @@ from esr_eval.tasks.continuation import (
     refuse_args,
     source_answers,
 )
-from esr_eval.tasks.loop import esr_task
+from esr_eval.tasks.task_builder import esr_task
 
 C = CONTINUATION
 COMPARISONS = [("detectors", "plain"), ("random", "plain"), ("detectors", "random")]

@@ -8,8 +8,8 @@ from inspect_ai import Task, task
 
 from esr_eval.config import TaskArgs
 from esr_eval.tasks.dataset import build_samples
-from esr_eval.tasks.loop import esr_task
-from esr_eval.tasks.setup import prepare
+from esr_eval.tasks.task_builder import esr_task
+from esr_eval.tasks.task_setup import prepare
 
 D = TaskArgs  # the defaults live in config.TaskArgs
 

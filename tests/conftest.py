@@ -105,6 +105,6 @@ def tiny_sae_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_model_dir, tiny_sae_dir):
-    from esr_eval.steering.backends.hf import SteeredLM
+    from esr_eval.steering.backends.hf import HFEngine
 
-    return SteeredLM.load(str(tiny_model_dir), dictionary=str(tiny_sae_dir), dtype="float32")
+    return HFEngine.load(str(tiny_model_dir), dictionary=str(tiny_sae_dir), dtype="float32")

@@ -30,7 +30,7 @@ def refuse(tmp_path, model: str | None, model_args: dict | None = None, task: st
 @pytest.fixture
 def tiny_default(monkeypatch, tiny_model_dir):
     """The tiny model stands in for the embedded default (no --model given)."""
-    import esr_eval.tasks.setup as setup
+    import esr_eval.tasks.task_setup as setup
 
     monkeypatch.setattr(setup, "DEFAULT_MODEL", f"steered/{tiny_model_dir}")
 

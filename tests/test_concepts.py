@@ -162,7 +162,7 @@ def test_offline_filter_keeps_only_the_topical_latents(planted):
 def test_task_default_reads_the_filter_and_notes_when_stats_lack_it(planted, tiny_sae_dir):
     from esr_eval.config import TaskArgs
     from esr_eval.steering.dictionary import load_dictionary
-    from esr_eval.tasks.setup import concreteness_filter
+    from esr_eval.tasks.task_setup import concreteness_filter
 
     dictionary, _, _ = planted
     assert TaskArgs().concreteness == "offline"

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from esr_eval.steering.backends.hf import SteeredLM
+from esr_eval.steering.backends.hf import HFEngine
 from esr_eval.steering.backends.hf_batch import sample_tokens
 from esr_eval.steering.engine import GenerationRequest
 from esr_eval.steering.hooks import BatchSteering
@@ -42,9 +42,9 @@ def test_continuous_batch_of_8_equals_each_row_alone(tiny_lm, monkeypatch):
     steps, and every row makes exactly the tokens it makes alone."""
     requests = mixed_requests()
     sizes, joins = [], []
-    real_decode, real_prefill = SteeredLM._decode, SteeredLM._prefill
-    monkeypatch.setattr(SteeredLM, "_decode", lambda self, batch: sizes.append(len(batch)) or real_decode(self, batch))
-    monkeypatch.setattr(SteeredLM, "_prefill", lambda self, rows: joins.append(len(rows)) or real_prefill(self, rows))
+    real_decode, real_prefill = HFEngine._decode, HFEngine._prefill
+    monkeypatch.setattr(HFEngine, "_decode", lambda self, batch: sizes.append(len(batch)) or real_decode(self, batch))
+    monkeypatch.setattr(HFEngine, "_prefill", lambda self, rows: joins.append(len(rows)) or real_prefill(self, rows))
     batched = tiny_lm.generate(requests, max_batch_size=8)
     assert max(sizes) == 8 and len(joins) > 3  # rows joined a running batch several times
     monkeypatch.undo()
@@ -71,7 +71,7 @@ def test_continuous_batching_with_sliding_window_layers():
                               layer_types=["sliding_attention", "full_attention"] * 2, eos_token_id=tokenizer.eos_token_id,
                               pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)  # fmt: skip
     torch.manual_seed(0)
-    lm = SteeredLM(Gemma3ForCausalLM(config).eval(), tokenizer, DirectionSet(torch.randn(16, TINY_HIDDEN), "d", 2, {}), layer=2)
+    lm = HFEngine(Gemma3ForCausalLM(config).eval(), tokenizer, DirectionSet(torch.randn(16, TINY_HIDDEN), "d", 2, {}), layer=2)
     requests = mixed_requests(8)
     batched = lm.generate(requests, max_batch_size=4)
     assert [b.token_ids for b in batched] == [lm.generate([r])[0].token_ids for r in requests]
@@ -81,20 +81,20 @@ def test_streamed_requests_join_the_running_batch(tiny_lm, monkeypatch):
     """Requests submitted while others decode join between steps; each equals its row alone."""
     requests = mixed_requests(12)
     joined_running = []
-    real_prefill = SteeredLM._prefill
+    real_prefill = HFEngine._prefill
 
     def prefill(self, rows):
         joined_running.append(self._running)
         return real_prefill(self, rows)
 
-    real_step = SteeredLM._step
+    real_step = HFEngine._step
 
     def step(self, batch, joining):
         self._running = batch is not None and len(batch) > 0
         return real_step(self, batch, joining)
 
-    monkeypatch.setattr(SteeredLM, "_prefill", prefill)
-    monkeypatch.setattr(SteeredLM, "_step", step)
+    monkeypatch.setattr(HFEngine, "_prefill", prefill)
+    monkeypatch.setattr(HFEngine, "_step", step)
     tiny_lm.max_batch_size = 8
     futures = []
     for i, r in enumerate(requests):
@@ -120,7 +120,7 @@ def test_read_out_waits_for_a_decode_step(tiny_lm, monkeypatch):
     """A read-out in another thread never runs inside a decode step (the hooks hold that step's
     steering), and sees none of the running batch's steering."""
     events = []
-    real_decode, real_forward = SteeredLM._decode, SteeredLM._forward
+    real_decode, real_forward = HFEngine._decode, HFEngine._forward
 
     def decode(self, batch):
         with self.hooks._lock:  # the whole step, as `_decode` holds the hooks for its forward
@@ -136,8 +136,8 @@ def test_read_out_waits_for_a_decode_step(tiny_lm, monkeypatch):
         events.append("read-end") if reading else None
         return out
 
-    monkeypatch.setattr(SteeredLM, "_decode", decode)
-    monkeypatch.setattr(SteeredLM, "_forward", forward)
+    monkeypatch.setattr(HFEngine, "_decode", decode)
+    monkeypatch.setattr(HFEngine, "_forward", forward)
     prompt = [[{"role": "user", "content": "Bread?"}]]
     plain = tiny_lm.prompt_residuals(prompt)[0]
     steered = [GenerationRequest(prompt[0], (Intervention(3, 50.0),), max_new_tokens=40, temperature=0)]
@@ -182,7 +182,7 @@ def test_sampler_draws_from_the_right_distribution_without_sorting_at_top_p_1(mo
 # ---------------------------------------------------------------- sharded models
 
 
-def _residual_delta(lm: SteeredLM, interventions) -> tuple[torch.Tensor, torch.Tensor]:
+def _residual_delta(lm: HFEngine, interventions) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.tensor([lm.prompt_ids([{"role": "user", "content": PROMPTS[0]}])])
     out = []
     for ivs in ((), interventions):
@@ -203,9 +203,9 @@ def _split_map(n_layers: int = 4) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def sharded_pair(tiny_model_dir, tiny_sae_dir, tmp_path_factory, monkeypatch_module):
     monkeypatch_module.setenv("ESR_EVAL_CACHE", str(tmp_path_factory.mktemp("cache")))
-    plain = SteeredLM.load(str(tiny_model_dir), dictionary=str(tiny_sae_dir), dtype="float32")
-    by_map = SteeredLM.load(str(tiny_model_dir), dictionary=str(tiny_sae_dir), dtype="float32", device_map=_split_map())
-    by_memory = SteeredLM.load(str(tiny_model_dir), dictionary=str(tiny_sae_dir), dtype="float32", max_memory={"cpu": 60_000})
+    plain = HFEngine.load(str(tiny_model_dir), dictionary=str(tiny_sae_dir), dtype="float32")
+    by_map = HFEngine.load(str(tiny_model_dir), dictionary=str(tiny_sae_dir), dtype="float32", device_map=_split_map())
+    by_memory = HFEngine.load(str(tiny_model_dir), dictionary=str(tiny_sae_dir), dtype="float32", max_memory={"cpu": 60_000})
     return plain, by_map, by_memory
 
 
@@ -237,12 +237,12 @@ def test_sharded_model_steers_exactly_like_the_unsharded_one(sharded_pair):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_model_split_over_gpu_and_cpu_steers_like_one_device(tiny_model_dir, tiny_sae_dir):
     """The hooked layer on the CPU, the layers before it on the GPU (and the other way round)."""
-    plain = SteeredLM.load(str(tiny_model_dir), dictionary=str(tiny_sae_dir), dtype="float32")
+    plain = HFEngine.load(str(tiny_model_dir), dictionary=str(tiny_sae_dir), dtype="float32")
     expected = [r.token_ids for r in plain.generate(mixed_requests(10), max_batch_size=4)]
     for first, second in (("cuda:0", "cpu"), ("cpu", "cuda:0")):
         device_map = {"model.embed_tokens": first, "model.rotary_emb": first, "model.layers.0": first, "model.layers.1": first,
                       "model.layers.2": second, "model.layers.3": second, "model.norm": second, "lm_head": second}  # fmt: skip
-        split = SteeredLM.load(str(tiny_model_dir), dictionary=str(tiny_sae_dir), dtype="float32", device_map=device_map)
+        split = HFEngine.load(str(tiny_model_dir), dictionary=str(tiny_sae_dir), dtype="float32", device_map=device_map)
         assert split.layer_device.type == torch.device(second).type
         got = [r.token_ids for r in split.generate(mixed_requests(10), max_batch_size=4)]
         assert sum(g == e for g, e in zip(got, expected)) >= 8  # GPU kernels round differently
@@ -263,7 +263,7 @@ def test_70b_preset_loads_sharded_in_bf16(tiny_model_dir, tiny_sae_dir, monkeypa
     monkeypatch.setattr(SAE, "from_pretrained", staticmethod(lambda release, sae_id, device="cpu", **_: SAE.load_from_disk(str(tiny_sae_dir), device=device)))
     lm = load_engine("llama-3.3-70b-instruct", max_memory={"cpu": 60_000})
     assert lm.dtype == "bfloat16" and "disk" in set(lm.model.hf_device_map.values())
-    unsharded = SteeredLM.load(str(tiny_model_dir), dictionary=str(tiny_sae_dir), dtype="bfloat16")
+    unsharded = HFEngine.load(str(tiny_model_dir), dictionary=str(tiny_sae_dir), dtype="bfloat16")
     requests = [GenerationRequest([{"role": "user", "content": p}], (Intervention(3, 8.0),), max_new_tokens=6, temperature=0) for p in PROMPTS[:3]]
     assert [r.token_ids for r in lm.generate(requests)] == [r.token_ids for r in unsharded.generate(requests)]
 

@@ -15,15 +15,15 @@ from test_tasks import REPLIES, keyed_grader, run
 
 from esr_eval.errors import DataFileError, UsageError
 from esr_eval.sampling.prompts import load_prompts
-from esr_eval.steering.backends.hf import SteeredLM
+from esr_eval.steering.backends.hf import HFEngine
 
 INSPECT = str(Path(sys.executable).parent / "inspect")
 
 
 def count_loads(monkeypatch) -> list:
     loads: list = []
-    real = SteeredLM.load.__func__
-    monkeypatch.setattr(SteeredLM, "load", classmethod(lambda cls, *a, **k: loads.append(a) or real(cls, *a, **k)))
+    real = HFEngine.load.__func__
+    monkeypatch.setattr(HFEngine, "load", classmethod(lambda cls, *a, **k: loads.append(a) or real(cls, *a, **k)))
     return loads
 
 
@@ -201,7 +201,7 @@ def test_eval_yaml_lists_every_task_with_its_version_and_sample_count():
     from inspect_ai._util.registry import registry_find
 
     from esr_eval.config import TaskArgs
-    from esr_eval.tasks.setup import EVAL_YAML
+    from esr_eval.tasks.task_setup import EVAL_YAML
 
     listing = yaml.safe_load(EVAL_YAML.read_text())
     assert listing["arxiv"] == "https://arxiv.org/abs/2602.06941" and listing["title"] and listing["description"]
@@ -215,7 +215,7 @@ def test_eval_yaml_lists_every_task_with_its_version_and_sample_count():
 
 
 def test_logs_carry_the_task_version(tiny_model_dir, tiny_sae_dir, tmp_path):
-    from esr_eval.tasks.setup import task_version
+    from esr_eval.tasks.task_setup import task_version
 
     log = run("esr_eval/no_steering", tiny_model_dir, tiny_sae_dir, tmp_path, keyed_grader(REPLIES), latents=[1], prompts_per_latent=1)
     assert str(log.eval.task_version) == task_version("no_steering")

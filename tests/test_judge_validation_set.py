@@ -110,7 +110,7 @@ def test_restart_classifier_was_trained_on_this_dev_half() -> None:
 def test_eval_yaml_counts_the_default_half() -> None:
     import yaml
 
-    from esr_eval.tasks.setup import EVAL_YAML
+    from esr_eval.tasks.task_setup import EVAL_YAML
 
     listing = {t["name"]: t for t in yaml.safe_load(EVAL_YAML.read_text())["tasks"]}
     assert listing["judge_validation"]["dataset_samples"] == sum(r.split == "test" for r in ROWS)

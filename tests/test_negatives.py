@@ -25,7 +25,7 @@ from esr_eval.judge_tools.negatives import (
     to_read,
     validation_latents,
 )
-from esr_eval.tasks.setup import EVAL_YAML
+from esr_eval.tasks.task_setup import EVAL_YAML
 
 FALSE_ALARM_GATE = 0.01  # the offline grader's false multi-attempt rate on the shipped pool may not exceed this
 

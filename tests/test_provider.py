@@ -9,7 +9,7 @@ from inspect_ai import eval as inspect_eval
 from inspect_ai.dataset import Sample
 from inspect_ai.solver import Generate, TaskState, solver
 
-from esr_eval.steering.backends.hf import SteeredLM
+from esr_eval.steering.backends.hf import HFEngine
 from esr_eval.steering.engine import GenerationRequest
 from esr_eval.steering.intervention import Intervention, steering_to_extra_body
 from esr_eval.steering.load import load_engine
@@ -31,9 +31,9 @@ def test_concurrent_samples_batch_and_keep_their_own_steering(tiny_model_dir, ti
     labels = tmp_path / "labels.json"  # a fresh engine key: this test counts the loads
     labels.write_text(json.dumps({str(k): f"latent {k}" for k in range(64)}))
     loads, batches = [], []
-    real_load, real_generate, real_decode = SteeredLM.load, SteeredLM.generate, SteeredLM._decode
-    monkeypatch.setattr(SteeredLM, "load", classmethod(lambda cls, *a, **k: loads.append(a) or real_load.__func__(cls, *a, **k)))
-    monkeypatch.setattr(SteeredLM, "_decode", lambda self, batch: batches.append(len(batch)) or real_decode(self, batch))
+    real_load, real_generate, real_decode = HFEngine.load, HFEngine.generate, HFEngine._decode
+    monkeypatch.setattr(HFEngine, "load", classmethod(lambda cls, *a, **k: loads.append(a) or real_load.__func__(cls, *a, **k)))
+    monkeypatch.setattr(HFEngine, "_decode", lambda self, batch: batches.append(len(batch)) or real_decode(self, batch))
 
     specs = [(None, 0.0, "add"), (3, 30.0, "add"), (9, 0.0, "clamp"), (5, -20.0, "add")] * 2
     samples = [
@@ -129,8 +129,8 @@ def test_runs_with_different_batch_sizes_keep_their_own(tiny_model_dir, tiny_sae
     from esr_eval.provider import SteeredModelAPI
 
     batches: list[int] = []
-    real_decode = SteeredLM._decode
-    monkeypatch.setattr(SteeredLM, "_decode", lambda self, batch: batches.append(len(batch)) or real_decode(self, batch))
+    real_decode = HFEngine._decode
+    monkeypatch.setattr(HFEngine, "_decode", lambda self, batch: batches.append(len(batch)) or real_decode(self, batch))
     args = {"dictionary": str(tiny_sae_dir), "dtype": "float32"}
     small = SteeredModelAPI(str(tiny_model_dir), **args, max_batch_size=2).engine
     large = SteeredModelAPI(str(tiny_model_dir), **args, max_batch_size=6).engine

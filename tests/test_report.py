@@ -254,7 +254,7 @@ def test_compare_runs_an_eval_set(tmp_path, tiny_model_dir, tiny_sae_dir, capsys
 
 
 def test_compare_model_names():
-    from esr_eval.gate.compare import model_names, parse_kv
+    from esr_eval.gate.eval_set_args import model_names, parse_kv
 
     assert model_names("smollm2-135m, gemma-3-270m") == ["steered/smollm2-135m", "steered/gemma-3-270m"]
     assert model_names("mockllm/model,meta-llama/Llama-3.1-8B") == ["mockllm/model", "steered/meta-llama/Llama-3.1-8B"]

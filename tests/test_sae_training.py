@@ -60,7 +60,7 @@ def test_train_sae_writes_a_loadable_labelled_sae(trained):
 
 
 def test_written_explained_variance_matches_a_recomputation(trained, tiny_model_dir):
-    from esr_eval.steering.backends.hf import SteeredLM
+    from esr_eval.steering.backends.hf import HFEngine
     from esr_eval.steering.dictionary import load_dictionary
     from esr_eval.steering.models import load_causal_lm
     from esr_eval.training.sae.activations import collect, drop_outliers
@@ -77,7 +77,7 @@ def test_written_explained_variance_matches_a_recomputation(trained, tiny_model_
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ESR_EVAL_CACHE", str(cache))  # the cached corpus: no generation here
         model, tok = load_causal_lm(str(tiny_model_dir), dtype="float32")
-        _, held_docs = build_corpus(SteeredLM(model, tok, None, layer=2), corpus_spec(args), args.tokens)
+        _, held_docs = build_corpus(HFEngine(model, tok, None, layer=2), corpus_spec(args), args.tokens)
     held, _ = drop_outliers(collect(model, held_docs, 2), args.max_norm_ratio, record["corpus"]["median_norm"])
     d = load_dictionary(str(out))
     again = quality(d.encode, d.decode, held.acts)
@@ -163,7 +163,7 @@ def test_llm_labeler_writes_labels_for_live_latents_only(tiny_model_dir):
 @pytest.mark.slow
 def test_shipped_smollm2_sae_meets_the_bar_on_fresh_answers():
     """EV >= 0.8 on answers to prompts that are not in the training corpus (float32, as in the eval)."""
-    from esr_eval.steering.backends.hf import SteeredLM
+    from esr_eval.steering.backends.hf import HFEngine
     from esr_eval.steering.engine import GenerationRequest
     from esr_eval.steering.presets import get_preset
     from esr_eval.training.sae.activations import collect, drop_outliers
@@ -171,7 +171,7 @@ def test_shipped_smollm2_sae_meets_the_bar_on_fresh_answers():
 
     folder = Path(get_preset("smollm2-135m").dictionary)
     record = json.loads((folder / "training.json").read_text())
-    engine = SteeredLM.load("smollm2-135m")
+    engine = HFEngine.load("smollm2-135m")
     prompts = ["How do lighthouses guide ships at night?", "What makes a good sourdough starter?",
                "Explain how a refrigerator keeps food cold.", "Give me tips for learning to juggle.",
                "Why do leaves change colour in autumn?", "How should I prepare for a long flight?"]

@@ -128,12 +128,12 @@ def test_the_training_forward_applies_each_rows_steering_exactly(tiny_lm):
 
 def test_steered_lora_learns_and_leaves_the_steered_layer_alone(tiny_model_dir, tiny_sae_dir, tmp_path):
     from esr_eval.schema import FinetuneInfo
-    from esr_eval.steering.backends.hf import SteeredLM
+    from esr_eval.steering.backends.hf import HFEngine
     from esr_eval.steering.dictionary import load_dictionary
     from esr_eval.steering.models import apply_adapter
     from esr_eval.training.finetune.train import load_base, save_adapter
 
-    base = SteeredLM.load(str(tiny_model_dir), dictionary=str(tiny_sae_dir), dtype="float32")  # as load_base trains
+    base = HFEngine.load(str(tiny_model_dir), dictionary=str(tiny_sae_dir), dtype="float32")  # as load_base trains
     rows = _rows(base, 8)
     model, tok, chat = load_base(str(tiny_model_dir))
     dictionary = load_dictionary(str(tiny_sae_dir))
@@ -149,7 +149,7 @@ def test_steered_lora_learns_and_leaves_the_steered_layer_alone(tiny_model_dir, 
     prompt = [[{"role": "user", "content": PROMPTS[0]}]]
     adapter = save_adapter(peft_model, tmp_path / "adapter", metrics)  # what a preset ships
     merged = peft_model.merge_and_unload()
-    tuned = SteeredLM(merged, tok, load_dictionary(str(tiny_sae_dir)))
+    tuned = HFEngine(merged, tok, load_dictionary(str(tiny_sae_dir)))
     torch.testing.assert_close(tuned.prompt_residuals(prompt)[0], base.prompt_residuals(prompt)[0])
     after = mean_loss(merged, encoded, tok.pad_token_id, steering=TrainingSteering.attach(merged, dictionary))
     assert after < before - 0.05
@@ -183,7 +183,7 @@ def test_evaluation_latents_never_include_the_training_latents(tiny_model_dir, t
     lm = load_engine(str(tuned), str(tiny_sae_dir))
     drawn = sample_latents(lm, 20, [], seed=0, exclude=frozenset({1, 2, 3}))
     assert not set(drawn.latents) & {1, 2, 3} and drawn.dropped["trained on"] >= 1
-    import esr_eval.tasks.setup as setup
+    import esr_eval.tasks.task_setup as setup
 
     seen: dict = {}
 

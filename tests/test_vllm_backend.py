@@ -206,9 +206,9 @@ REQUESTS = [
 
 @pytest.fixture(scope="module")
 def hf_engine():
-    from esr_eval.steering.backends.hf import SteeredLM
+    from esr_eval.steering.backends.hf import HFEngine
 
-    return SteeredLM.load("smollm2-135m", dtype="float32")  # the tolerances below are fp32's
+    return HFEngine.load("smollm2-135m", dtype="float32")  # the tolerances below are fp32's
 
 
 @pytest.fixture(scope="module")

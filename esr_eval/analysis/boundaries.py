@@ -16,7 +16,7 @@ PROBES = (None, 80, 40, 20, 12)  # prefix lengths tried in order (None: the whol
 MIN_BLOCK = 8  # shortest difflib block that counts as a fuzzy match
 
 
-def normalise(text: str) -> tuple[str, list[int]]:
+def normalise_with_offsets(text: str) -> tuple[str, list[int]]:
     """Normalised text and, per normalised character, its index in `text`."""
     chars: list[str] = []
     index: list[int] = []
@@ -35,8 +35,8 @@ def normalise(text: str) -> tuple[str, list[int]]:
 
 def locate(answer: str, text: str, start: int = 0) -> int | None:
     """Character offset in `answer` (at or after `start`) where `text` begins, or None."""
-    norm_a, index = normalise(answer)
-    norm_t, _ = normalise(text)
+    norm_a, index = normalise_with_offsets(answer)
+    norm_t, _ = normalise_with_offsets(text)
     if not norm_t or not norm_a:
         return None
     from_pos = bisect.bisect_left(index, start)
@@ -60,8 +60,8 @@ def locate(answer: str, text: str, start: int = 0) -> int | None:
 
 def locate_end(answer: str, text: str, start: int = 0) -> int | None:
     """Character offset just after the end of `text` in `answer`, from its tail."""
-    norm_a, index = normalise(answer)
-    norm_t, _ = normalise(text)
+    norm_a, index = normalise_with_offsets(answer)
+    norm_t, _ = normalise_with_offsets(text)
     if not norm_t:
         return None
     from_pos = bisect.bisect_left(index, start)

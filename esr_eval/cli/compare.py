@@ -20,7 +20,7 @@ def _compare(args: argparse.Namespace) -> int:
     from inspect_ai import eval_set
 
     from esr_eval.cli.report import print_tables
-    from esr_eval.gate.compare import model_names, parse_kv
+    from esr_eval.gate.eval_set_args import model_names, parse_kv
     from esr_eval.report.runs import load_runs
     from esr_eval.report.tables import tables
 

@@ -23,9 +23,9 @@ def engine_class(engine: str = "hf") -> type[SteeringEngine]:
         from esr_eval.steering.backends.vllm import VLLMEngine
 
         return VLLMEngine
-    from esr_eval.steering.backends.hf import SteeredLM
+    from esr_eval.steering.backends.hf import HFEngine
 
-    return SteeredLM
+    return HFEngine
 
 
 def preflight(engine: str, backend_args: dict[str, Any]) -> None:
@@ -70,7 +70,7 @@ def load_engine(
 
 def load_unsteered_engine(model: str, dtype: str | None = None, device: str = "cpu") -> SteeringEngine:
     """An engine with no dictionary, for unsteered answers (a preset's SAE is not loaded)."""
-    from esr_eval.steering.backends.hf import SteeredLM
+    from esr_eval.steering.backends.hf import HFEngine
     from esr_eval.steering.models import apply_adapter, load_causal_lm, resolve_dtype
     from esr_eval.steering.presets import get_preset
 
@@ -81,4 +81,4 @@ def load_unsteered_engine(model: str, dtype: str | None = None, device: str = "c
     lm, tokenizer = load_causal_lm(preset.model_source(), dtype=resolve_dtype(dtype, device_map or device), device=device, device_map=device_map)
     if preset.adapter:
         lm = apply_adapter(lm, preset.adapter)
-    return SteeredLM(lm, tokenizer, None, name=model, chat_template=preset.chat_template)
+    return HFEngine(lm, tokenizer, None, name=model, chat_template=preset.chat_template)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from esr_eval.steering.backends.hf_batch import DecodeBatch, Row, cache_can_merge
+from esr_eval.steering.backends.hf_batch import DecodeBatch, DecodeRow, cache_can_merge
 from esr_eval.steering.dictionary import FeatureDictionary, load_dictionary
 from esr_eval.steering.engine import (
     GenerationRequest,
@@ -36,7 +36,7 @@ from esr_eval.steering.models import (
 from esr_eval.steering.presets import get_preset, resolve_model
 
 
-class SteeredLM(SteeringEngine):
+class HFEngine(SteeringEngine):
     def __init__(
         self,
         model,
@@ -89,7 +89,7 @@ class SteeredLM(SteeringEngine):
         device: str = "cpu",
         device_map: str | dict | None = None,
         max_memory: dict | None = None,
-    ) -> "SteeredLM":
+    ) -> "HFEngine":
         """`source` is a preset name, a hub id, a folder or a .gguf file; `dictionary` a preset
         name, a folder or a sae-lens RELEASE/SAE_ID (a preset brings its own). `device_map`
         ("auto", or module -> device) with optional `max_memory` (device -> size) shards the model
@@ -150,11 +150,11 @@ class SteeredLM(SteeringEngine):
         BatchSteering.build([request.interventions], [dictionary], self._dtype())
         return dictionary
 
-    def _row(self, request: GenerationRequest, done) -> Row:
+    def _row(self, request: GenerationRequest, done) -> DecodeRow:
         seed = request.seed if request.seed is not None else torch.seed()
-        return Row(request, self.prompt_ids(request.messages), self._check(request), torch.Generator(device="cpu").manual_seed(seed), done)
+        return DecodeRow(request, self.prompt_ids(request.messages), self._check(request), torch.Generator(device="cpu").manual_seed(seed), done)
 
-    def _prefill(self, rows: list[Row]) -> DecodeBatch:
+    def _prefill(self, rows: list[DecodeRow]) -> DecodeBatch:
         from transformers import DynamicCache
 
         prompts = [r.prompt for r in rows]
@@ -177,7 +177,7 @@ class SteeredLM(SteeringEngine):
         batch.next_position = batch.next_position + 1
         batch.pending = None
 
-    def _step(self, batch: DecodeBatch | None, joining: list[Row]) -> DecodeBatch | None:
+    def _step(self, batch: DecodeBatch | None, joining: list[DecodeRow]) -> DecodeBatch | None:
         """Decode the running rows, let `joining` rows in, sample, and hand out finished rows."""
         if batch is not None and len(batch):
             self._decode(batch)
@@ -240,7 +240,7 @@ class SteeredLM(SteeringEngine):
 
         waiting = list(enumerate(requests))[::-1]
 
-        def take(room: int, idle: bool) -> list[Row] | None:
+        def take(room: int, idle: bool) -> list[DecodeRow] | None:
             if idle and not waiting:
                 return None
             return [self._row(r, finish(i)) for i, r in (waiting.pop() for _ in range(min(room, len(waiting))))]
@@ -252,7 +252,7 @@ class SteeredLM(SteeringEngine):
     def _serve(self, queue: RequestQueue) -> None:
         """Submitted requests join the running batch between decode steps (`submit`)."""
 
-        def take(room: int, idle: bool) -> list[Row] | None:
+        def take(room: int, idle: bool) -> list[DecodeRow] | None:
             taken = queue.take(room, wait=idle)
             if taken is None:
                 return None

@@ -23,7 +23,7 @@ Outcome = Callable[["GenerationResult | BaseException"], None]
 
 
 @dataclass
-class Row:
+class DecodeRow:
     request: GenerationRequest
     prompt: list[int]
     dictionary: FeatureDictionary | None
@@ -87,7 +87,7 @@ def select_cache_rows(cache, rows: torch.Tensor, drop_columns: int, width: int) 
 class DecodeBatch:
     """The rows decoding together. Between steps every row has logits for its next token."""
 
-    def __init__(self, rows: list[Row], cache, mask: torch.Tensor, logits: torch.Tensor, prompt_ids: list[list[int]]) -> None:
+    def __init__(self, rows: list[DecodeRow], cache, mask: torch.Tensor, logits: torch.Tensor, prompt_ids: list[list[int]]) -> None:
         self.rows = rows
         self.cache = cache
         self.mask = mask  # [B, W] 1 where a column holds a real token of that row
@@ -146,7 +146,7 @@ class DecodeBatch:
         self._steering = False
 
     # ------------------------------------------------------------ sampling
-    def sample(self, eos: torch.Tensor, decode: Callable[[list[int], bool], str]) -> list[tuple[Row, GenerationResult]]:
+    def sample(self, eos: torch.Tensor, decode: Callable[[list[int], bool], str]) -> list[tuple[DecodeRow, GenerationResult]]:
         """Draw every row's next token; rows that end (EOS or budget) leave the batch and are returned."""
         tokens = sample_tokens(self.logits, self.seen, self.penalty, self.temperature, self.top_p, [r.generator for r in self.rows])
         self.seen[torch.arange(len(self.rows), device=tokens.device), tokens] = True

@@ -164,7 +164,7 @@ def steering_objects(
 
 # ---------------------------------------------------------------- transports
 @dataclass
-class Row:
+class TransportRow:
     """One request as a transport sends it."""
 
     prompt: list[int]
@@ -190,7 +190,7 @@ class InProcess:
         self.llm, self.layer, self.stop_token_ids = llm, layer, stop_token_ids
         self._lock = threading.Lock()
 
-    def run(self, rows: Sequence[Row]) -> list[Output]:
+    def run(self, rows: Sequence[TransportRow]) -> list[Output]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -244,7 +244,7 @@ class Server:
             raise UsageError(f"no vLLM server answers at {self.url} ({type(err).__name__}): start `vllm serve MODEL` there or fix --model-base-url") from None
         self.model = models[0]["id"]
 
-    def _one(self, r: Row) -> Output:
+    def _one(self, r: TransportRow) -> Output:
         from vllm_lens import deserialize_hook_results
         from vllm_lens._helpers._serialize import decode_activations
 
@@ -274,7 +274,7 @@ class Server:
         hooks = deserialize_hook_results(data["hook_results"]) if data.get("hook_results") else {}
         return Output(list(choice["token_ids"]), choice.get("finish_reason") or "", residual, hooks)
 
-    def run(self, rows: Sequence[Row]) -> list[Output]:
+    def run(self, rows: Sequence[TransportRow]) -> list[Output]:
         if not rows:
             return []
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(rows), 64)) as pool:
@@ -407,7 +407,7 @@ class VLLMEngine(SteeringEngine):
             s["seed"] = int(r.seed)
         return s
 
-    def _run(self, rows: list[Row]) -> list[Output]:
+    def _run(self, rows: list[TransportRow]) -> list[Output]:
         outs = self.transport.run(rows)
         for row, out in zip(rows, outs):
             if row.hooks:
@@ -424,7 +424,7 @@ class VLLMEngine(SteeringEngine):
         for i, (r, prompt) in enumerate(zip(requests, prompts)):
             vectors, hooks = steering_objects(r.interventions, self.resolve_dictionary(r.dictionary), self.layer, self.torch_dtype)
             if r.max_new_tokens > 0:
-                rows.append(Row(prompt, self._sampling(r), vectors, hooks))
+                rows.append(TransportRow(prompt, self._sampling(r), vectors, hooks))
                 live.append(i)
         results = [GenerationResult("", len(p), 0, "max_tokens", []) for p in prompts]
         eos = set(self.transport.stop_token_ids)
@@ -441,7 +441,7 @@ class VLLMEngine(SteeringEngine):
         rows = []
         for row_ids, ivs in zip(ids, interventions):
             vectors, hooks = steering_objects(ivs, dictionary, self.layer, self.torch_dtype)
-            rows.append(Row(row_ids, {"max_tokens": 1, "temperature": 0.0}, vectors, hooks, capture=True))
+            rows.append(TransportRow(row_ids, {"max_tokens": 1, "temperature": 0.0}, vectors, hooks, capture=True))
         outs = self._run(rows)
         return [out.residual[: len(row.prompt)].float() for row, out in zip(rows, outs)]
 

@@ -75,10 +75,10 @@ def corpus_spec(args: argparse.Namespace, preset=None):
 
 
 def _corpus(args: argparse.Namespace, model, tokenizer, preset) -> tuple[list[dict], list[dict]]:
-    from esr_eval.steering.backends.hf import SteeredLM
+    from esr_eval.steering.backends.hf import HFEngine
     from esr_eval.training.sae.corpus import build_corpus
 
-    engine = SteeredLM(model, tokenizer, None, layer=args.layer, name=args.model,
+    engine = HFEngine(model, tokenizer, None, layer=args.layer, name=args.model,
                        chat_template=preset.chat_template if preset else True)
     return build_corpus(engine, corpus_spec(args, preset), args.tokens)
 

@@ -16,8 +16,8 @@ from esr_eval.results.stats import ESR_METRIC_NAMES
 from esr_eval.schema import TrialValue
 from esr_eval.scorers import attempts_judge
 from esr_eval.tasks.dataset import dataset
-from esr_eval.tasks.setup import Setup, model_finetune_info, task_version
 from esr_eval.tasks.solver import steered_generate
+from esr_eval.tasks.task_setup import Setup, model_finetune_info, task_version
 
 SCORER = "attempts_judge"
 # the samples list: the steered concept (target), the answer, then the boost and the trial's main
