@@ -150,44 +150,37 @@ def gate_log(
                     name, str(e), f"{value:.4g}", "pass" if ok else "bound breached", EXIT_PASS if ok else EXIT_BREACH
                 )
             )
-    if baseline is not None:
-        s = Summary(log_trials(log, scorer))
-        n, n0, (m0, e0) = s.count("n_judged"), baseline[0], baseline[1:]
-        for label, k, k0 in (("multi_attempt", s.count("n_multi_attempt"), m0), ("esr", s.count("n_esr"), e0)):
-            p = change_p_value(k, n, k0, n0, test)
-            value = f"{k}/{n} vs {k0}/{n0}, p={p:.3g}"
-            if math.isnan(p):
-                checks.append(Check(name, f"{label} unchanged", value, "metric missing", EXIT_MISSING))
-            else:
-                significant = p < alpha
-                checks.append(
-                    Check(
-                        name,
-                        f"{label} unchanged ({test}, alpha {alpha:g})",
-                        value,
-                        "significant change" if significant else "pass",
-                        EXIT_BREACH if significant else EXIT_PASS,
-                    )
-                )
-    if exceeds is not None:
-        s = Summary(log_trials(log, scorer))
-        n, n0, (m0, e0) = s.count("n_judged"), exceeds[0], exceeds[1:]
-        for label, k, k0 in (("multi_attempt", s.count("n_multi_attempt"), m0), ("esr", s.count("n_esr"), e0)):
-            p = change_p_value(k, n, k0, n0, test, greater=True)
-            value = f"{k}/{n} vs {k0}/{n0}, p={p:.3g}"
-            if math.isnan(p):
-                checks.append(Check(name, f"{label} above the other run", value, "metric missing", EXIT_MISSING))
-            else:
-                above = p < alpha
-                checks.append(
-                    Check(
-                        name,
-                        f"{label} above the other run ({test}, one-sided, alpha {alpha:g})",
-                        value,
-                        "pass" if above else "not significantly above",
-                        EXIT_PASS if above else EXIT_BREACH,
-                    )
-                )
+    if baseline is not None or exceeds is not None:
+        summary = Summary(log_trials(log, scorer))
+        if baseline is not None:
+            checks += count_checks(name, summary, baseline, alpha, test, greater=False)
+        if exceeds is not None:
+            checks += count_checks(name, summary, exceeds, alpha, test, greater=True)
+    return checks
+
+
+def count_checks(
+    name: str, summary: Summary, other: tuple[int, int, int], alpha: float, test: str, greater: bool
+) -> list[Check]:
+    """The multi-attempt and ESR counts against another run's: unchanged (two-sided, `greater`
+    False: a significant change breaches) or above it (one-sided: not significantly above breaches)."""
+    n, n0, (m0, e0) = summary.count("n_judged"), other[0], other[1:]
+    checks = []
+    for label, k, k0 in (("multi_attempt", summary.count("n_multi_attempt"), m0), ("esr", summary.count("n_esr"), e0)):
+        p = change_p_value(k, n, k0, n0, test, greater=greater)
+        value = f"{k}/{n} vs {k0}/{n0}, p={p:.3g}"
+        what = f"{label} above the other run" if greater else f"{label} unchanged"
+        if math.isnan(p):
+            checks.append(Check(name, what, value, "metric missing", EXIT_MISSING))
+            continue
+        significant = p < alpha
+        if greater:
+            check = Check(name, f"{what} ({test}, one-sided, alpha {alpha:g})", value,
+                          "pass" if significant else "not significantly above", EXIT_PASS if significant else EXIT_BREACH)
+        else:
+            check = Check(name, f"{what} ({test}, alpha {alpha:g})", value,
+                          "significant change" if significant else "pass", EXIT_BREACH if significant else EXIT_PASS)
+        checks.append(check)
     return checks
 
 
@@ -233,8 +226,8 @@ def run_gate(
     files = newest_log_files(logs)
     if not files:
         raise MissingFileError(f"no Inspect logs in {', '.join(logs)}: run `inspect eval ... --log-dir DIR` first")
-    logs = [(f, read_log(f)) for f in files]
-    check_metric_names(parsed, [log for _, log in logs])
-    checks = [c for f, log in logs for c in gate_log(f, log, parsed, base, alpha, test, scorer, other)]
+    read = [(f, read_log(f)) for f in files]
+    check_metric_names(parsed, [log for _, log in read])
+    checks = [c for f, log in read for c in gate_log(f, log, parsed, base, alpha, test, scorer, other)]
     codes = {c.code for c in checks}
     return next(code for code in SEVERITY if code in codes or code == EXIT_PASS), checks
