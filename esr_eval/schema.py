@@ -1,5 +1,6 @@
-"""The typed records that cross module borders: the trial value the scorer writes (and every
-reader of logs reads back), the detectors file, and what fine-tuning records about a model."""
+"""The typed records that cross module borders: the sample metadata the dataset writes (and the
+solver, scorer, results and analyses read), the trial value the scorer writes (and every reader
+of logs reads back), the detectors file, and what fine-tuning records about a model."""
 
 from __future__ import annotations
 
@@ -7,7 +8,75 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
+
+if TYPE_CHECKING:
+    from esr_eval.steering.intervention import Intervention
+
+# ------------------------------------------------------------------ one sample
+
+SOLVER_FIELDS = ("threshold", "calibration_trials", "calibration_score", "calibration_judge_errors", "boost", "generation_seed")
+ALWAYS_WRITTEN = ("latent", "label", "prompt", "prompt_id")  # every steered sample has them, None or not
+
+
+@dataclass
+class SampleMetadata:
+    """A steered sample's `Sample.metadata`: written by the dataset (`tasks/dataset.py`, the
+    continuation controls), completed by the solver (threshold, boost, generation seed) and read
+    by the scorer, metrics, results and episodes. `to_metadata` writes the same keys the logs have
+    always held (a field left None is not written, but `ALWAYS_WRITTEN` always are);
+    keys it does not know stay in `extra`, so nothing read from a log is lost."""
+
+    latent: int | None = None
+    label: str | None = None  # the steered concept the judge checks each attempt against
+    prompt: str | None = None  # the plain prompt the judge sees (without any meta-prompt)
+    prompt_id: str | None = None
+    pair: Any = None  # continuation controls: the source answer every condition of a pair shares
+    seed: int | None = None
+    mode: str | None = None  # the steered latent's intervention mode ("add")
+    boost_rule: str | None = None  # "threshold", "sweep" (with `level`), "zero" or "given" (`boost`)
+    level: float | None = None  # boost_sweep: standard deviations from the mean threshold
+    ablated: list[int] | None = None  # latents clamped to 0 beside the steering
+    prefix: str | None = None  # the start of the answer, in the model's own turn
+    judged: str | None = None  # with a prefix: "answer" (prefix + continuation) or "continuation"
+    condition: str | None = None  # continuation controls: the condition of the pair
+    # set by the solver
+    threshold: float | None = None
+    calibration_trials: int | None = None
+    calibration_score: float | None = None
+    calibration_judge_errors: int | None = None
+    boost: float | None = None
+    generation_seed: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # variant, control_set, source, ...
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any] | None) -> "SampleMetadata":
+        known = {f.name for f in fields(cls)} - {"extra"}
+        data = dict(metadata or {})
+        return cls(**{k: data.pop(k) for k in list(data) if k in known}, extra=data)
+
+    def to_metadata(self) -> dict[str, Any]:
+        out = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name != "extra" and (f.name in ALWAYS_WRITTEN or getattr(self, f.name) is not None)
+        }
+        return {**out, **self.extra}
+
+    def solved(self) -> dict[str, Any]:
+        """The keys the solver sets (those it has set), in the order it writes them."""
+        return {k: getattr(self, k) for k in SOLVER_FIELDS if getattr(self, k) is not None}
+
+    def interventions(self) -> list["Intervention"]:
+        """The steering a sample is generated with: its latent at its boost (none at boost 0 or
+        before the solver set it), and each ablated latent clamped to 0."""
+        from esr_eval.steering.intervention import Intervention
+
+        out = []
+        if self.latent is not None and self.boost:
+            out.append(Intervention(int(self.latent), float(self.boost), self.mode or "add"))  # type: ignore[arg-type]
+        return out + [Intervention(int(k), 0.0, "clamp") for k in self.ablated or []]
+
 
 # ------------------------------------------------------------------ one trial
 
@@ -66,7 +135,7 @@ class TrialValue:
         return {k: float(v) for k, v in asdict(self).items()}
 
     @classmethod
-    def is_value(cls, value: Any) -> bool:
+    def is_value(cls, value: Any) -> TypeGuard[Mapping[str, Any]]:
         return isinstance(value, Mapping) and "multi_attempt" in value and "first_score" in value
 
     @classmethod

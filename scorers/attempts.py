@@ -16,7 +16,7 @@ from esr_eval.config import GRADER_ROLE, OFFLINE_GRADER
 from esr_eval.judge.faults import judge_faults
 from esr_eval.judge.protocol import JudgeResult, grader_identity, judge_answer
 from esr_eval.judge.text import is_degraded
-from esr_eval.schema import TrialValue
+from esr_eval.schema import SampleMetadata, TrialValue
 from esr_eval.scorers.metrics import esr_metrics
 
 COPIED_METADATA = ("latent", "boost")
@@ -67,14 +67,15 @@ def attempts_judge(grader: str | None = None) -> Scorer:
     """
 
     async def score(state: TaskState, target: Target) -> Score:
-        label = state.metadata.get("label")
+        md = SampleMetadata.from_metadata(state.metadata)
+        label = md.label
         if label is None:
             raise ValueError("sample metadata has no 'label': the attempts judge needs the steered concept's label")
         model = get_model(role=GRADER_ROLE, default=grader or OFFLINE_GRADER)
         written = state.output.completion
-        prefix, judged = state.metadata.get("prefix"), state.metadata.get("judged", JUDGED_ANSWER)
+        prefix, judged = md.prefix, md.judged or JUDGED_ANSWER
         answer = written if prefix is None or judged == JUDGED_CONTINUATION else prefix + written
-        prompt = state.metadata.get("prompt", state.input_text)  # without any meta-prompt suffix
+        prompt = md.prompt if md.prompt is not None else state.input_text  # without any meta-prompt suffix
         result = await judge_answer(model, prompt, answer, str(label))
         # the restart count may embed the answer: off the event loop
         faults = [] if result.error else await anyio.to_thread.run_sync(judge_faults, answer, result.attempts)
@@ -94,13 +95,13 @@ def attempts_judge(grader: str | None = None) -> Scorer:
             "label": label,
             "judge_calls": result.n_calls,
             "scores_clipped": result.clipped,
-            **{k: state.metadata[k] for k in COPIED_METADATA if k in state.metadata},
+            **{k: getattr(md, k) for k in COPIED_METADATA if getattr(md, k) is not None},
         }
         if result.error_message:
             metadata["judge_error_message"] = result.error_message
         value: dict[str, float] = trial_value(counted, written, faults).to_value() | extra
-        if "boost" in state.metadata:  # beside the trial record, for the viewer's samples list
-            value["boost"] = float(state.metadata["boost"])
+        if md.boost is not None:  # beside the trial record, for the viewer's samples list
+            value["boost"] = float(md.boost)
         return Score(
             value=value,
             answer=answer,

@@ -28,14 +28,14 @@ from esr_eval.results.stats import (
     metric_description,
     paired_figures,
 )
-from esr_eval.schema import Trial, TrialValue
+from esr_eval.schema import SampleMetadata, Trial, TrialValue
 
 
 def trials(scores: list[SampleScore]) -> list[Trial]:
     out = []
     for s in scores:
         if TrialValue.is_value(s.score.value):
-            latent = (s.sample_metadata or {}).get("latent")
+            latent = SampleMetadata.from_metadata(s.sample_metadata).latent
             out.append(Trial(TrialValue.from_value(s.score.value), None if latent is None else int(latent), s.sample_id))
     return out
 
@@ -125,7 +125,7 @@ def paired_metrics(conditions: list[str], comparisons: list[tuple[str, str]]) ->
     @metric(name="paired")
     def paired() -> Metric:
         def compute(scores: list[SampleScore]) -> dict[str, float]:
-            trials = [t for s in scores if (t := PairedTrial.of(s.score.value, s.sample_metadata, s.sample_id))]
+            trials = [t for s in scores if (t := PairedTrial.of(s.score.value, SampleMetadata.from_metadata(s.sample_metadata), s.sample_id))]
             return paired_figures(trials, conditions, comparisons)
 
         return compute

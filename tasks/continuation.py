@@ -12,7 +12,7 @@ from inspect_ai.dataset import Sample
 from esr_eval.errors import UsageError
 from esr_eval.sampling.prefixes import check_models, read_source
 from esr_eval.sampling.seeds import derive_seed
-from esr_eval.schema import SourceAnswer
+from esr_eval.schema import SampleMetadata, SourceAnswer
 from esr_eval.tasks.dataset import steered_concept
 from esr_eval.tasks.task_setup import Setup, prepare, steered_model
 
@@ -70,19 +70,18 @@ def pair_samples(setup: Setup, answer: SourceAnswer, conditions: list[dict[str, 
             id=f"{answer.id}-{c['condition']}",
             input=answer.prompt,
             target=steered_concept(latent, label) if latent is not None else label,
-            metadata={
-                "latent": latent,
-                "label": label,
-                "prompt": answer.prompt,
-                "prompt_id": answer.prompt_id,
-                "pair": answer.id,
-                "seed": seed,
-                "mode": "add",
-                "variant": task,
-                "source": answer.origin,
-                **shared,
-                **c,
-            },
+            metadata=SampleMetadata(
+                latent=latent,
+                label=label,
+                prompt=answer.prompt,
+                prompt_id=answer.prompt_id,
+                pair=answer.id,
+                seed=seed,
+                mode="add",
+                extra={"variant": task, "source": answer.origin},
+            ).to_metadata()
+            | shared
+            | c,
         )
         for c in conditions
     ]

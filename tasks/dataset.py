@@ -10,6 +10,7 @@ from typing import Any
 from inspect_ai.dataset import MemoryDataset, Sample
 
 from esr_eval.sampling.seeds import derive_seed
+from esr_eval.schema import SampleMetadata
 from esr_eval.tasks.task_setup import Setup
 
 
@@ -34,16 +35,16 @@ def build_samples(
                     id=f"l{latent}-{prompt.id}{id_suffix}",
                     input=text,
                     target=steered_concept(latent, label),
-                    metadata={
-                        "latent": latent,
-                        "label": label,
-                        "prompt": prompt.text,
-                        "prompt_id": prompt.id,
-                        "seed": derive_seed(a.seed, latent, prompt.id),
-                        "mode": "add",
-                        "boost_rule": boost_rule,
-                        **(extra or {}),
-                    },
+                    metadata=SampleMetadata(
+                        latent=latent,
+                        label=label,
+                        prompt=prompt.text,
+                        prompt_id=prompt.id,
+                        seed=derive_seed(a.seed, latent, prompt.id),
+                        mode="add",
+                        boost_rule=boost_rule,
+                    ).to_metadata()
+                    | (extra or {}),
                 )
             )
     return samples

@@ -16,7 +16,7 @@ from esr_eval.config import OFF_TOPIC_MAX_SCORE
 from esr_eval.errors import UsageError
 from esr_eval.files import atomic_write_text
 from esr_eval.results.logs import primary_scorer, read_logs, short_model
-from esr_eval.schema import DetectorsFile, TrialValue
+from esr_eval.schema import DetectorsFile, SampleMetadata, TrialValue
 from esr_eval.steering.intervention import Intervention, steering_from_extra_body
 
 
@@ -32,18 +32,13 @@ def conversation(sample: EvalSample) -> list[dict[str, str]]:
 
 
 def generated_steering(sample: EvalSample) -> list[Intervention]:
-    """The steering of the last logged model request, else the sample's latent/boost/ablated."""
+    """The steering of the last logged model request, else the one its metadata gives the solver."""
     for event in reversed(sample.events or []):
         if getattr(event, "event", None) == "model" and event.config and event.config.extra_body:
             steering, _ = steering_from_extra_body(event.config.extra_body)
             if steering:
                 return steering
-    meta = sample.metadata or {}
-    out = []
-    if meta.get("latent") is not None and meta.get("boost") is not None:
-        out.append(Intervention(int(meta["latent"]), float(meta["boost"]), meta.get("mode", "add")))
-    out += [Intervention(int(k), 0.0, "clamp") for k in meta.get("ablated") or []]
-    return out
+    return SampleMetadata.from_metadata(sample.metadata).interventions()
 
 
 def _judged_samples(log: EvalLog, scorer: str | None):

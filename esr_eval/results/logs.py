@@ -17,7 +17,7 @@ from inspect_ai.log import EvalLog, EvalSample, list_eval_logs, read_eval_log
 
 from esr_eval.errors import DataFileError, MissingFileError, UsageError
 from esr_eval.results.stats import PairedTrial, Summary
-from esr_eval.schema import FinetuneInfo, Trial, TrialValue
+from esr_eval.schema import FinetuneInfo, SampleMetadata, Trial, TrialValue
 
 
 def log_paths(paths: Iterable[str | Path]) -> list[str]:
@@ -94,7 +94,7 @@ def primary_scorer(log: EvalLog, requested: str | None = None) -> str | None:
 
 
 def sample_latent(sample: EvalSample) -> int | None:
-    latent = (sample.metadata or {}).get("latent")
+    latent = SampleMetadata.from_metadata(sample.metadata).latent
     return None if latent is None else int(latent)
 
 
@@ -194,5 +194,5 @@ def paired_trials(log: EvalLog, scorer: str | None = None) -> list[PairedTrial]:
         t
         for s in log.samples or []
         if (score := (s.scores or {}).get(name)) is not None
-        and (t := PairedTrial.of(score.value, s.metadata, s.id)) is not None
+        and (t := PairedTrial.of(score.value, SampleMetadata.from_metadata(s.metadata), s.id)) is not None
     ]

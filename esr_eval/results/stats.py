@@ -19,7 +19,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
-from esr_eval.schema import Trial, TrialValue
+from esr_eval.schema import SampleMetadata, Trial, TrialValue
 
 Z95 = NormalDist().inv_cdf(0.975)
 
@@ -279,15 +279,14 @@ class PairedTrial:
     trial: Trial
 
     @classmethod
-    def of(cls, value: object, metadata: dict | None, sample_id: object = None) -> "PairedTrial | None":
-        """From a Score.value and its sample's metadata ("condition", "pair", "latent"); None when
-        the sample is not a continuation or the value not a trial."""
-        md = metadata or {}
-        if "condition" not in md or "pair" not in md or not TrialValue.is_value(value):
+    def of(cls, value: object, metadata: SampleMetadata, sample_id: object = None) -> "PairedTrial | None":
+        """From a Score.value and its sample's metadata (condition, pair, latent); None when the
+        sample is not a continuation or the value not a trial."""
+        if metadata.condition is None or metadata.pair is None or not TrialValue.is_value(value):
             return None
-        latent = md.get("latent")
+        latent = metadata.latent
         trial = Trial(TrialValue.from_value(value), None if latent is None else int(latent), sample_id)
-        return cls(str(md["condition"]), md["pair"], trial)
+        return cls(str(metadata.condition), metadata.pair, trial)
 
 
 def _pair_means(trials: Iterable[PairedTrial], condition: str, key: str) -> dict[Hashable, tuple[float, Hashable]]:
