@@ -6,9 +6,18 @@ Imports nothing heavy: the command-line parsers read their defaults from here.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"  # the shipped data (a folder, not a module)
+
+
+def asset_path(*parts: str) -> Path:
+    """A shipped file or folder under `esr_eval/assets/`."""
+    return ASSETS_DIR.joinpath(*parts)
+
 
 PROVIDER = "steered"
 DEFAULT_MODEL_NAME = "smollm2-135m"
@@ -34,6 +43,8 @@ class Generation:
 GENERATION = Generation()
 PROVIDER_MAX_TOKENS = 512  # a request to the provider that names no budget (the paper's cap)
 DEFAULT_DTYPE = "bfloat16"  # where the hardware has it; float32 on CPUs without bf16 instructions (steering.models.resolve_dtype)
+DATA_GENERATION_DTYPE = "bfloat16"  # train-sae and finetune-data: the model writes its corpus / rows
+FULL_PRECISION_DTYPE = "float32"  # finetune (LoRA training) and capability (lm-eval accuracy)
 # Cap on a grader's reply unless its role sets max_tokens (`--model-role 'grader={model: ...,
 # max_tokens: N}'`): the attempts JSON of a 384-token answer fits in well under 1024 tokens.
 GRADER_MAX_TOKENS = 1024
@@ -64,6 +75,35 @@ class Continuation:
 
 
 CONTINUATION = Continuation()
+# The budget of the calibration searches (`bisect_boost`, `calibrate_in_rounds`) when a caller
+# names none; tasks and `esr-eval calibrate` pass TaskArgs.calibration_trials (6) instead.
+SEARCH_MAX_TRIALS = 10
+
+
+@dataclass(frozen=True)
+class SaeRecipe:
+    """`esr-eval train-sae`'s defaults: the recipe of the shipped SAEs."""
+
+    width: int = 4608  # latents
+    k: int = 32  # active latents per token (TopK)
+    tokens: int = 500_000  # training tokens (held-out text comes on top)
+    epochs: int = 3
+    batch_size: int = 2048
+    lr: float = 5e-4
+    aux_coefficient: float = 1.0  # weight of the TopK dead-latent loss
+    dead_window: int = 20_000  # tokens without firing before a latent counts as dead
+    seed: int = 0
+    dtype: str = DATA_GENERATION_DTYPE
+    gen_batch: int = 64  # prompts generated per batch
+    max_new_tokens: int = 192
+    pydoc_share: float = 0.0  # share of tokens from Python's pydoc topics
+    heldout_share: float = 0.05  # held-out tokens, as a share of `tokens`
+    max_norm_ratio: float = 10.0  # drop positions above this x median norm
+    ce_docs: int = 64  # held-out documents for CE loss recovered (0: skip)
+    n_examples: int = 20  # top examples per latent for labels
+
+
+SAE_RECIPE = SaeRecipe()
 CONCRETENESS_OFFLINE = "offline"  # -T concreteness=offline (the default): read latent_stats.json
 CONCRETENESS_OFF = "none"
 
@@ -159,7 +199,7 @@ class ModelArgs:
         if parsed.layer is not None and parsed.layer < 0:
             raise UsageError(f"-M layer={parsed.layer} is negative: pass a decoder layer index (0 is the first)")
         if parsed.repetition_penalty is not None and parsed.repetition_penalty <= 0:
-            raise UsageError(f"-M repetition_penalty={parsed.repetition_penalty} must be above 0 (1 is off; the default is 1.1)")
+            raise UsageError(f"-M repetition_penalty={parsed.repetition_penalty} must be above 0 (1 is off; the default is {GENERATION.repetition_penalty})")
         if parsed.labels is not None and not Path(parsed.labels).expanduser().is_file():
             from esr_eval.errors import MissingFileError
 
@@ -311,18 +351,26 @@ def finite_float(value: Any) -> float:
 
 
 INT, FLOAT, TEXT = (strict_int, "an integer"), (finite_float, "a finite number"), (str, "text")
-TASK_CASTS = {
-    "prompts": TEXT, "n_latents": INT, "prompts_per_latent": INT, "latents": (lambda v: int_list(v), "a list of integers"),
-    "seed": INT, "relevance": TEXT, "concreteness": (lambda v: _concreteness(v), "offline, none or a model name"), "target": FLOAT, "calibration_trials": INT,
-    "calibration_rounds": INT, "threshold_cache": TEXT, "max_tokens": INT, "temperature": FLOAT, "top_p": FLOAT,
-}  # fmt: skip
-MODEL_CASTS = {
-    "dictionary": TEXT, "layer": INT, "labels": TEXT, "dtype": TEXT, "device": TEXT,
-    "max_batch_size": INT, "repetition_penalty": FLOAT, "engine": TEXT,
+CASTS_BY_TYPE = {"int": INT, "float": FLOAT, "str": TEXT}
+
+
+def casts_of(cls: type, special: dict[str, tuple[Callable[[Any], Any], str]]) -> dict[str, tuple[Callable[[Any], Any], str]]:
+    """Each field's cast (and what it expects) from its annotation (`X | None` casts as X), or
+    from `special`: the fields are the one list of argument names."""
+    return {
+        f.name: special[f.name] if f.name in special else CASTS_BY_TYPE[str(f.type).split("|")[0].strip()]
+        for f in fields(cls)
+    }
+
+
+TASK_CASTS = casts_of(TaskArgs, {
+    "latents": (lambda v: int_list(v), "a list of integers"),
+    "concreteness": (lambda v: _concreteness(v), "offline, none or a model name"),
+})  # fmt: skip
+MODEL_CASTS = casts_of(ModelArgs, {
     "device_map": (lambda v: _device_map(v), "auto or a module -> device map"),
     "max_memory": (lambda v: parse_max_memory(v), "DEVICE=SIZE,... (0=70GiB,cpu=200GiB)"),
-    "tensor_parallel_size": INT, "pipeline_parallel_size": INT, "max_model_len": INT,
-}  # fmt: skip
+})  # fmt: skip
 
 
 def _coerce_all(cls, args: dict[str, Any], flag: str, casts: dict) -> dict[str, Any]:

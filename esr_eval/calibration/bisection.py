@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.stats import beta, norm
 
+from esr_eval.config import SEARCH_MAX_TRIALS
+
 BELIEF_WEIGHT = 5.0
 GRID_POINTS = 512
 TOLERANCE = 0.1
@@ -62,7 +64,7 @@ async def bisect_boost(
     score_fn: ScoreFn,
     bounds: Bounds,
     target: float = 0.3,
-    max_trials: int = 10,
+    max_trials: int = SEARCH_MAX_TRIALS,
     tolerance: float = TOLERANCE,
 ) -> CalibrationResult:
     grid = np.linspace(bounds.lower, bounds.upper, GRID_POINTS)

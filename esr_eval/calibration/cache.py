@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from esr_eval.calibration.bisection import CalibrationResult
+from esr_eval.config import asset_path
 from esr_eval.files import check_writable, read_jsonl_cache, update_jsonl_cache
 from esr_eval.steering.models import cache_dir
 
@@ -43,7 +44,7 @@ def prompt_set_hash(prompts: list[str]) -> str:
     return hashlib.sha1("\n".join(prompts).encode()).hexdigest()[:12]
 
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = asset_path()
 
 
 def shipped_threshold_files() -> list[Path]:

@@ -18,6 +18,7 @@ import numpy as np
 from scipy.stats import norm
 
 from esr_eval.calibration.bisection import Bounds, CalibrationResult, ScoreFn
+from esr_eval.config import SEARCH_MAX_TRIALS
 
 METHOD = "rounds@1"  # in the threshold cache key: bump when a change can move a threshold
 ROUNDS = 2
@@ -76,7 +77,7 @@ async def calibrate_in_rounds(
     score_fn: ScoreFn,
     bounds: Bounds,
     target: float = 0.3,
-    max_trials: int = 10,
+    max_trials: int = SEARCH_MAX_TRIALS,
     rounds: int = ROUNDS,
 ) -> CalibrationResult:
     """At most `rounds` (<= 4) sequential rounds, `max_trials` scored answers in all; the answers

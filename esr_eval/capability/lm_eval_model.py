@@ -23,6 +23,7 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
+from esr_eval.config import FULL_PRECISION_DTYPE, asset_path
 from esr_eval.config import LM_EVAL_TASK as LOCAL_TASK
 from esr_eval.schema import DetectorsFile
 from esr_eval.steering.engine import SteeringEngine
@@ -30,7 +31,7 @@ from esr_eval.steering.hooks import BatchSteering
 from esr_eval.steering.intervention import Intervention
 from esr_eval.steering.load import load_engine, load_unsteered_engine
 
-TASK_DIR = Path(__file__).resolve().parent.parent / "assets" / "lm_eval"
+TASK_DIR = asset_path("lm_eval")
 
 
 def steering_from_args(latent: Any = None, value: Any = 8.0, ablate: str | None = None) -> tuple[list[Intervention], int | None]:
@@ -64,7 +65,7 @@ class SteeredHFLM(HFLM):
         latent: int | str | None = None,
         value: float | str = 8.0,
         ablate: str | None = None,
-        dtype: str = "float32",
+        dtype: str = FULL_PRECISION_DTYPE,
         engine: SteeringEngine | None = None,
         **kwargs: Any,
     ) -> None:

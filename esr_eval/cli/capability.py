@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from esr_eval.cli.common import console
-from esr_eval.config import DEFAULT_MODEL_NAME
+from esr_eval.config import DEFAULT_MODEL_NAME, FULL_PRECISION_DTYPE
 from esr_eval.config import LM_EVAL_TASK as LOCAL_TASK
 
 
@@ -70,6 +70,6 @@ def add_capability(sub) -> None:
     p.add_argument("--include-path", help=f"extra lm-eval task folder (default: the packaged {LOCAL_TASK})")
     p.add_argument("--limit", type=int, help="questions per task")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default=FULL_PRECISION_DTYPE, choices=["float32", "bfloat16"])
     p.add_argument("--out", help="write the lm-eval results of every condition to this JSON file")
     p.set_defaults(func=_capability)

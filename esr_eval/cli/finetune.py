@@ -9,7 +9,9 @@ from pathlib import Path
 
 from esr_eval.cli.common import DTYPES
 from esr_eval.config import (
+    DATA_GENERATION_DTYPE,
     DEFAULT_MODEL_NAME,
+    FULL_PRECISION_DTYPE,
     GENERATION,
     OFFLINE_GRADER,
     LoraSettings,
@@ -103,7 +105,7 @@ def add_make_data(sub) -> None:
     p.add_argument("--max-tokens", type=int, default=200, help="answer length budget")
     p.add_argument("--temperature", type=float, default=GENERATION.temperature)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--dtype", default="bfloat16", choices=DTYPES)
+    p.add_argument("--dtype", default=DATA_GENERATION_DTYPE, choices=DTYPES)
     p.add_argument("--device", default="cpu")
     d = SteeredDataSettings
     steered = p.add_argument_group("steering-aware rows (--steered): the model's own drift under steering, a recovery line, a good answer")
@@ -217,7 +219,7 @@ def add_finetune(sub) -> None:
     p.add_argument("--target-modules", help="comma-separated module names (default: attention projections)")
     p.add_argument("--max-length", type=int, default=d.max_length, help="tokens per row (longer rows are cut)")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default=FULL_PRECISION_DTYPE, choices=["float32", "bfloat16"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--dictionary", help="the SAE steered rows were generated with (default: the model preset's)")
     p.add_argument("--adapter-only", action="store_true", help="write the LoRA adapter alone (for a preset to ship), not a merged model")

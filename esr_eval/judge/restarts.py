@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "judge"
+from esr_eval.config import asset_path
+
+ASSETS = asset_path("judge")
 WEIGHTS_PATH = ASSETS / "restart_classifier.json"
 SENTENCES_PATH = ASSETS / "restart_sentences.txt"
 

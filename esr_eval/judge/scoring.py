@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from esr_eval.config import asset_path
 from esr_eval.judge.text import fused_nonwords, is_degraded, repeated_trigram_share
 
-WEIGHTS_PATH = Path(__file__).resolve().parent.parent / "assets" / "judge" / "attempt_scorer.json"
+WEIGHTS_PATH = asset_path("judge", "attempt_scorer.json")
 ON_PROMPT = 0.3  # a sentence this close to the prompt is on it
 PULLED = 0.2  # a sentence closer to the concept than to the prompt, and at least this close, is pulled
 MARGIN_FLOOR = 0.1

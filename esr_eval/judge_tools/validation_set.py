@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from esr_eval.config import asset_path
 from esr_eval.errors import DataFileError, UsageError
 
-SET_DIR = Path(__file__).resolve().parent.parent / "assets" / "judge_validation"
+SET_DIR = asset_path("judge_validation")
 SET_PATH = SET_DIR / "set.jsonl"
 SPLITS = ("dev", "test", "all")
 BANDS = {  # first-attempt score bands (labels) and the judge scores they correspond to

@@ -17,12 +17,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from esr_eval.config import asset_path
 from esr_eval.errors import DataFileError, UsageError
 from esr_eval.files import atomic_write_jsonl, read_jsonl
 from esr_eval.schema import SourceAnswer
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "prefill"
-VALIDATION_SET = Path(__file__).resolve().parent.parent / "assets" / "judge_validation" / "set.jsonl"
+ASSETS = asset_path("prefill")
+VALIDATION_SET = asset_path("judge_validation", "set.jsonl")
 SENTENCE_END = ".!?\u2026"
 
 

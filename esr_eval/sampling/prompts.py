@@ -11,10 +11,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from esr_eval.config import asset_path
 from esr_eval.errors import DataFileError, MissingFileError, UsageError
 from esr_eval.files import read_jsonl, read_text
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "prompts"
+ASSETS = asset_path("prompts")
 DEFAULT_PROMPTS = ASSETS / "explain_how.jsonl"  # the evaluation set: 42 everyday "explain how" prompts
 FACTUAL_PROMPTS = ASSETS / "factual.jsonl"  # 46 general-knowledge "what / describe / compare" questions
 PROMPT_FIELDS = ("prompt", "text", "input", "question")

@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from esr_eval.config import GENERATION, PROVIDER_MAX_TOKENS
+from esr_eval.config import GENERATION, PROVIDER_MAX_TOKENS, ModelArgs
 from esr_eval.steering.dictionary import FeatureDictionary
 from esr_eval.steering.intervention import Intervention
 
@@ -161,7 +161,7 @@ class SteeringEngine(ABC):
     dictionary: FeatureDictionary | None
     extra_dictionaries: dict[str, FeatureDictionary]
     dtype: str  # the weights' dtype ("bfloat16"): answers, hence thresholds, depend on it
-    max_batch_size: int = 64  # rows in flight for submitted requests (the provider sets -M max_batch_size)
+    max_batch_size: int = ModelArgs.max_batch_size  # rows in flight for submitted requests (the provider sets -M max_batch_size)
 
     @classmethod
     def load(

@@ -8,10 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from esr_eval.config import GENERATION, asset_path
 from esr_eval.errors import MissingFileError, UsageError
 from esr_eval.steering.models import cache_dir, package_file
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = asset_path()
 
 
 def _smollm2_gguf() -> str:
@@ -40,7 +41,7 @@ class Preset:
     dictionary: str | None  # packaged folder, local folder, or sae-lens RELEASE/SAE_ID
     layer: int | None = None  # None: the dictionary's own hook layer
     chat_template: bool = True
-    repetition_penalty: float = 1.1
+    repetition_penalty: float = GENERATION.repetition_penalty
     notes: str = ""
     device_map: str | None = None  # "auto": accelerate spreads the layers over the GPUs (then CPU)
     dtype: str | None = None  # None: steering.models.resolve_dtype (bf16 where the hardware has it)

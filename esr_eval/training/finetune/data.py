@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from esr_eval.config import GENERATION
+from esr_eval.config import GENERATION, asset_path
 from esr_eval.errors import UsageError
 from esr_eval.sampling.prompts import DEFAULT_PROMPTS, prompt_texts
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets" / "finetune"
+ASSETS = asset_path("finetune")
 OFFTOPIC_FILE = ASSETS / "offtopic.json"
 TRAIN_PROMPTS_FILE = ASSETS / "prompts.txt"
 WRITER_PROMPT = (

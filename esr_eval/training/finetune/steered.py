@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from esr_eval.config import GENERATION, SteeredDataSettings
+from esr_eval.config import GENERATION, SteeredDataSettings, asset_path
 from esr_eval.steering.engine import GenerationRequest, SteeringEngine
 from esr_eval.steering.intervention import Intervention
 from esr_eval.steering.scale import median_residual_norm, steering_scale
 
-RECOVERY_FILE = Path(__file__).resolve().parents[2] / "assets" / "finetune" / "recovery.json"
+RECOVERY_FILE = asset_path("finetune", "recovery.json")
 Kind = Literal["correction", "steered", "normal"]
 OVERSAMPLE = 1.5  # plans per wanted row of a steered kind: some drifts stay on topic, some mild pushes derail
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from esr_eval.config import LoraSettings
+from esr_eval.config import FULL_PRECISION_DTYPE, LoraSettings
 from esr_eval.files import atomic_directory
 from esr_eval.schema import FINETUNE_METRICS_FILE
 from esr_eval.steering.dictionary import FeatureDictionary
@@ -307,7 +307,7 @@ def merge_and_save(peft_model, tokenizer, out: str | Path, metrics: dict[str, An
     return Path(out)
 
 
-def load_base(model: str, dtype: str = "float32", device: str = "cpu"):
+def load_base(model: str, dtype: str = FULL_PRECISION_DTYPE, device: str = "cpu"):
     """(model, tokenizer, uses_chat_template) for a preset, hub id or folder."""
     from esr_eval.steering.models import apply_adapter, load_causal_lm
     from esr_eval.steering.presets import get_preset

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from esr_eval.config import CONCEPT_FILTER, ConceptFilter
+from esr_eval.config import CONCEPT_FILTER, ConceptFilter, asset_path
 
-VOCABULARY_FILE = Path(__file__).resolve().parents[2] / "assets" / "concepts" / "vocabulary.txt"
+VOCABULARY_FILE = asset_path("concepts", "vocabulary.txt")
 CONTEXT_BEFORE = 16  # tokens of a context window before the firing token
 CONTEXT_AFTER = 6
 MAX_CONTEXTS = 8  # windows per latent, each from its own document

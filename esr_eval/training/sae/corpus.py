@@ -16,11 +16,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from esr_eval.config import GENERATION, asset_path
 from esr_eval.files import read_jsonl_cache
 from esr_eval.steering.engine import GenerationRequest, SteeringEngine
 from esr_eval.steering.models import cache_dir
 
-PROMPTS_FILE = Path(__file__).resolve().parents[2] / "assets" / "prompts" / "sae_corpus.json"
+PROMPTS_FILE = asset_path("prompts", "sae_corpus.json")
 MIN_SKIP = 2  # BOS and the huge-norm position after it
 
 
@@ -30,7 +31,7 @@ class CorpusSpec:
     seed: int = 0
     max_new_tokens: int = 192
     temperature: float = 0.6
-    repetition_penalty: float = 1.1
+    repetition_penalty: float = GENERATION.repetition_penalty
     batch_size: int = 64
     pydoc_share: float = 0.0  # fraction of the token budget taken from pydoc_data.topics
     heldout_share: float = 0.05

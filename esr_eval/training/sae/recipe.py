@@ -62,11 +62,12 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def corpus_spec(args: argparse.Namespace, preset=None):
+    from esr_eval.config import GENERATION
     from esr_eval.training.sae.corpus import CorpusSpec
 
     penalty = args.repetition_penalty
     if penalty is None:
-        penalty = preset.repetition_penalty if preset else 1.1
+        penalty = preset.repetition_penalty if preset else GENERATION.repetition_penalty
     return CorpusSpec(
         model=args.model, seed=args.seed, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         repetition_penalty=penalty, batch_size=args.gen_batch, pydoc_share=args.pydoc_share,
