@@ -118,3 +118,12 @@ def test_embedded_model_beats_chance_on_the_local_task():
     results = evaluate(SteeredHFLM(pretrained="smollm2-135m"))["results"]["esr_mc"]
     assert results["sample_len"] == 50
     assert results["acc,none"] >= 0.5
+
+
+def test_an_engine_without_an_in_process_torch_model_names_the_backend_to_use():
+    from esr_eval.steering.backends.vllm import VLLMEngine
+
+    engine = VLLMEngine.__new__(VLLMEngine)  # no model loads: the interface's answer is enough
+    for call in (engine.torch_model, lambda: engine.steered_forward([], 1)):
+        with pytest.raises(NotImplementedError, match="engine=hf"):
+            call()

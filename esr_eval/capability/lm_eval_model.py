@@ -27,7 +27,6 @@ from esr_eval.config import FULL_PRECISION_DTYPE, asset_path
 from esr_eval.config import LM_EVAL_TASK as LOCAL_TASK
 from esr_eval.schema import DetectorsFile
 from esr_eval.steering.engine import SteeringEngine
-from esr_eval.steering.hooks import BatchSteering
 from esr_eval.steering.intervention import Intervention
 from esr_eval.steering.load import load_engine, load_unsteered_engine
 
@@ -54,7 +53,8 @@ def engine_for(pretrained: str, dictionary: str | None, layer: int | None, label
 
 @register_model("esr-steered")
 class SteeredHFLM(HFLM):
-    """HFLM whose forward passes run inside the engine's residual hook with fixed interventions."""
+    """HFLM whose forward passes run inside the engine's `steered_forward` with fixed interventions
+    (an engine with an in-process torch model: the hf backend)."""
 
     def __init__(
         self,
@@ -85,20 +85,16 @@ class SteeredHFLM(HFLM):
             )
         kwargs.pop("device", None)  # an already-loaded model stays where it is
         kwargs.setdefault("batch_size", 8)
-        super().__init__(pretrained=engine.model, tokenizer=engine.tokenizer, backend="causal", **kwargs)
+        super().__init__(pretrained=engine.torch_model(), tokenizer=engine.tokenizer, backend="causal", **kwargs)
         self.engine = engine
         self.interventions = interventions
 
-    def _steering(self, batch: int) -> BatchSteering | None:
-        dtype = next(self.engine.model.parameters()).dtype
-        return BatchSteering.build([self.interventions] * batch, self.engine.dictionary, dtype)
-
     def _model_call(self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
-        with self.engine.hooks.active(self._steering(inps.shape[0])):
+        with self.engine.steered_forward(self.interventions, inps.shape[0]):
             return super()._model_call(inps, attn_mask, labels)
 
     def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs) -> torch.Tensor:
-        with self.engine.hooks.active(self._steering(context.shape[0])):
+        with self.engine.steered_forward(self.interventions, context.shape[0]):
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
 
 

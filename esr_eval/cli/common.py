@@ -28,14 +28,15 @@ def model_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def engine_from(args: argparse.Namespace):
-    from esr_eval.steering.load import load_engine
+    from esr_eval.steering.engine import EngineSpec
+    from esr_eval.steering.load import load_spec
     from esr_eval.steering.models import check_device
     from esr_eval.steering.presets import check_model_source
 
     a = ModelArgs.parse(model_args(args))
     check_model_source(args.model)
     check_device(a.device)
-    return load_engine(args.model, a.dictionary, a.layer, a.labels, a.dtype, a.device, a.engine, a.max_batch_size, **a.backend_args())
+    return load_spec(EngineSpec.of(args.model, a))
 
 
 def console():

@@ -25,9 +25,9 @@ from inspect_ai.tool import ToolChoice, ToolInfo
 
 from esr_eval.config import GENERATION, PROVIDER, PROVIDER_MAX_TOKENS, ModelArgs
 from esr_eval.errors import UsageError
-from esr_eval.steering.engine import GenerationRequest, SteeringEngine
+from esr_eval.steering.engine import EngineSpec, GenerationRequest, SteeringEngine
 from esr_eval.steering.intervention import steering_from_extra_body
-from esr_eval.steering.load import load_engine, preflight
+from esr_eval.steering.load import load_spec, preflight
 from esr_eval.steering.models import check_device, model_fingerprint
 from esr_eval.steering.presets import (
     check_model_source,
@@ -82,10 +82,7 @@ class SteeredModelAPI(ModelAPI):
     def engine(self) -> SteeringEngine:
         """Loaded on first use (Inspect may build a provider only to read its info)."""
         self.check_source()
-        a = self.args
-        return load_engine(
-            self.source, a.dictionary, a.layer, a.labels, a.dtype, a.device, a.engine, a.max_batch_size, **a.backend_args(self.base_url)
-        )
+        return load_spec(EngineSpec.of(self.source, self.args, self.base_url))
 
     def dictionary_id(self) -> str | None:
         return self.engine.dictionary_id

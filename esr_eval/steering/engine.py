@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,6 +22,35 @@ from esr_eval.steering.dictionary import FeatureDictionary
 from esr_eval.steering.intervention import Intervention
 
 Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What an engine is built from (`esr_eval.steering.load.load_spec`, one engine per spec per
+    process): the model and dictionary, the backend and its own args (`ModelArgs.backend_args`:
+    hf: device_map, max_memory; vllm: parallel sizes, max_model_len, max_num_seqs, base_url)."""
+
+    model: str  # preset name, hub id, folder or GGUF file
+    dictionary: str | None = None
+    layer: int | None = None
+    labels: str | None = None
+    dtype: str | None = None  # None: the preset's, else `steering.models.resolve_dtype`'s
+    device: str = "cpu"
+    engine: str = "hf"
+    max_batch_size: int = ModelArgs.max_batch_size
+    backend_args: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, model: str, args: ModelArgs, base_url: str | None = None) -> "EngineSpec":
+        """The spec of `steered/<model>` with its parsed -M args."""
+        return cls(model, args.dictionary, args.layer, args.labels, args.dtype, args.device, args.engine,
+                   args.max_batch_size, args.backend_args(base_url))  # fmt: skip
+
+    def key(self) -> tuple:
+        """Hashable identity: runs with different batch sizes never share an engine's setting."""
+        layer = None if self.layer is None else int(self.layer)
+        return (self.engine, self.model, self.dictionary, layer, self.labels, self.dtype, self.device,
+                int(self.max_batch_size), repr(sorted(self.backend_args.items())))  # fmt: skip
 
 
 @dataclass
@@ -246,6 +276,22 @@ class SteeringEngine(ABC):
         batch_size: int = 8,
     ) -> list[Any]:
         """Per-token dictionary activations over each answer, [answer_tokens, n_latents]."""
+
+    def torch_model(self) -> Any:
+        """The causal LM as an in-process torch module, for wrappers that run their own forward
+        passes (lm-eval's HFLM in `esr-eval capability`); `steered_forward` steers them."""
+        raise NotImplementedError(self._no_torch_model())
+
+    def steered_forward(self, interventions: Sequence[Intervention], rows: int) -> AbstractContextManager[Any]:
+        """A context in which each forward pass of `torch_model()` over `rows` rows runs with
+        `interventions` on every row."""
+        raise NotImplementedError(self._no_torch_model())
+
+    def _no_torch_model(self) -> str:
+        return (
+            f"the {type(self).__name__} backend runs its model outside this process's torch: "
+            "use the hf backend (-M engine=hf) for lm-eval capability checks"
+        )
 
     def generate_in_batches(
         self, requests: Sequence[GenerationRequest], batch_size: int = 16, desc: str = "answers"

@@ -9,7 +9,7 @@ import threading
 from typing import Any
 
 from esr_eval.config import ModelArgs, check_engine
-from esr_eval.steering.engine import SteeringEngine
+from esr_eval.steering.engine import EngineSpec, SteeringEngine
 
 _engines: dict[tuple, SteeringEngine] = {}
 _engines_lock = threading.Lock()
@@ -51,19 +51,18 @@ def load_engine(
     max_batch_size: int = ModelArgs.max_batch_size,
     **backend_args: Any,
 ) -> SteeringEngine:
-    """One engine per (backend, model, dictionary, layer, labels, dtype, device, batch size,
-    backend args) per process: runs with different batch sizes never share an engine's setting.
-    `backend_args` go to the backend's `load` (`ModelArgs.backend_args`: hf: device_map,
-    max_memory; vllm: parallel sizes, max_model_len, max_num_seqs, base_url)."""
-    cls = engine_class(engine)
-    key = (
-        engine, model, dictionary, None if layer is None else int(layer), labels, dtype, device, int(max_batch_size),
-        repr(sorted(backend_args.items())),
-    )  # fmt: skip
+    """`load_spec` of the spec these name (the short form for scripts and tests)."""
+    return load_spec(EngineSpec(model, dictionary, layer, labels, dtype, device, engine, max_batch_size, backend_args))
+
+
+def load_spec(spec: EngineSpec) -> SteeringEngine:
+    """One engine per spec (`EngineSpec.key`) per process; the backend's `load` builds it."""
+    cls = engine_class(spec.engine)
+    key = spec.key()
     with _engines_lock:
         if key not in _engines:
-            loaded = cls.load(model, dictionary, layer, labels, dtype, device, **backend_args)
-            loaded.max_batch_size = int(max_batch_size)
+            loaded = cls.load(spec.model, spec.dictionary, spec.layer, spec.labels, spec.dtype, spec.device, **spec.backend_args)
+            loaded.max_batch_size = int(spec.max_batch_size)
             _engines[key] = loaded
         return _engines[key]
 

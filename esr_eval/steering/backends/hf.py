@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 
@@ -139,6 +141,12 @@ class HFEngine(SteeringEngine):
         if last_only and self._keeps_last_logits:
             kwargs["logits_to_keep"] = 1
         return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs)
+
+    def torch_model(self) -> torch.nn.Module:
+        return self.model
+
+    def steered_forward(self, interventions: Sequence[Intervention], rows: int) -> AbstractContextManager[Any]:
+        return self.hooks.active(BatchSteering.build([interventions] * rows, self.dictionary, self._dtype()))
 
     def _dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
