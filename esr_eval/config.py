@@ -254,7 +254,7 @@ def check_engine(name: str) -> None:
         raise UsageError(f"-M engine={name!r} is unknown: use one of {', '.join(ENGINES)}")
 
 
-def parse_max_memory(value: Any) -> dict[int | str, str] | None:
+def parse_max_memory(value: Any) -> dict[int | str, int | str] | None:
     """`-M max_memory` as accelerate wants it: `{0: "70GiB", "cpu": "200GiB"}`, from a dict or
     "0=70GiB,1=70GiB,cpu=200GiB"; device indices become ints."""
     if value is None or value == "":
@@ -350,11 +350,14 @@ def finite_float(value: Any) -> float:
     return number
 
 
-INT, FLOAT, TEXT = (strict_int, "an integer"), (finite_float, "a finite number"), (str, "text")
+Cast = tuple[Callable[[Any], Any], str]  # the cast of one argument, and what it expects
+INT: Cast = (strict_int, "an integer")
+FLOAT: Cast = (finite_float, "a finite number")
+TEXT: Cast = (str, "text")
 CASTS_BY_TYPE = {"int": INT, "float": FLOAT, "str": TEXT}
 
 
-def casts_of(cls: type, special: dict[str, tuple[Callable[[Any], Any], str]]) -> dict[str, tuple[Callable[[Any], Any], str]]:
+def casts_of(cls: Any, special: dict[str, Cast]) -> dict[str, Cast]:
     """Each field's cast (and what it expects) from its annotation (`X | None` casts as X), or
     from `special`: the fields are the one list of argument names."""
     return {

@@ -84,7 +84,7 @@ def judge_agreement() -> Scorer:
     return score
 
 
-def _pool_rate(key: str) -> Callable[[list[SampleScore]], float]:
+def _pool_rate(key: str) -> Metric:
     """The share of judged pool answers (judge errors left out) whose value `key` is set."""
 
     def compute(scores: list[SampleScore]) -> float:

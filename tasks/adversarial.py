@@ -53,17 +53,19 @@ def read_targets(path: str | Path | None) -> list[dict]:
 
 def target_latents(lm: SteeringEngine, targets: list[dict]) -> DirectionSet:
     """Targets as dictionary latents found by label: a direction set of those decoder rows."""
-    rows, labels = [], {}
+    dictionary = lm.primary_dictionary()
+    rows: list[Any] = []
+    labels: dict[int, str] = {}
     for t in targets:
-        hits = [k for term in t.get("search", []) for k, _ in lm.dictionary.search(term)]
+        hits = [k for term in t.get("search", []) for k, _ in dictionary.search(term)]
         if hits:
             labels[len(rows)] = t["label"]
-            rows.append(lm.dictionary.W_dec[hits[0]].detach().float())
+            rows.append(dictionary.W_dec[hits[0]].detach().float())
     if not rows:
         raise UsageError("no target matches a latent label: use -T source=directions (contrastive directions)")
     import torch
 
-    return DirectionSet(torch.stack(rows), f"{lm.dictionary.name}-targets", lm.layer, labels)
+    return DirectionSet(torch.stack(rows), f"{dictionary.name}-targets", lm.layer, labels)
 
 
 @task

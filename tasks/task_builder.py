@@ -56,7 +56,7 @@ def esr_task(
         config=GenerateConfig(max_connections=setup.api.max_connections()),
         solver=steered_generate(setup.calibrator, setup.labels, setup.args.generation()),
         scorer=attempts_judge(),
-        metrics=metrics,
+        metrics=metrics,  # type: ignore[arg-type]  # Inspect's list type is invariant over a wider union
         headline_metric=headline_metric(metrics, headline),
         viewer=viewer_config(),
         model=setup.default_model,

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import yaml
@@ -64,7 +65,7 @@ def eval_model_args() -> dict[str, Any]:
     from inspect_ai._util.config import resolve_args
     from inspect_ai._util.constants import PKG_NAME
 
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_globals.get("__name__", "").startswith(f"{PKG_NAME}._eval.") and "model_args" in frame.f_locals:
             found = resolve_args(frame.f_locals["model_args"])

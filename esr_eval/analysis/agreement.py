@@ -74,9 +74,10 @@ def pair_agreement(log: EvalLog, a: str, b: str) -> PairAgreement:
     for s in log.samples or []:
         scores = s.scores or {}
         if a in scores and b in scores:
-            if not (TrialValue.is_value(scores[a].value) and TrialValue.is_value(scores[b].value)):
+            value_a, value_b = scores[a].value, scores[b].value
+            if not (TrialValue.is_value(value_a) and TrialValue.is_value(value_b)):
                 continue
-            va, vb = TrialValue.from_value(scores[a].value), TrialValue.from_value(scores[b].value)
+            va, vb = TrialValue.from_value(value_a), TrialValue.from_value(value_b)
             if va.judged and vb.judged:
                 pairs.append((va, vb))
     ma = [int(va.multi_attempt >= 0.5) for va, _ in pairs]

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from inspect_ai.event import ModelEvent
 from inspect_ai.log import EvalLog, EvalSample
 
 from esr_eval.analysis.boundaries import boundary_tokens
@@ -34,7 +35,7 @@ def conversation(sample: EvalSample) -> list[dict[str, str]]:
 def generated_steering(sample: EvalSample) -> list[Intervention]:
     """The steering of the last logged model request, else the one its metadata gives the solver."""
     for event in reversed(sample.events or []):
-        if getattr(event, "event", None) == "model" and event.config and event.config.extra_body:
+        if isinstance(event, ModelEvent) and event.config and event.config.extra_body:
             steering, _ = steering_from_extra_body(event.config.extra_body)
             if steering:
                 return steering

@@ -31,6 +31,7 @@ class Episode:
 
 def region_slices(ep: Episode, n_tokens: int, half_width: int) -> dict[str, slice]:
     b = ep.boundary
+    assert b is not None, "a located episode has its boundary"
     return {
         "off_topic": slice(ep.first_start, max(ep.first_start, b - half_width)),
         "correction": slice(max(0, b - half_width), min(n_tokens, b + half_width)),
@@ -115,6 +116,7 @@ def statistics(episodes: list[Episode], window: int, half_width: int) -> dict[st
     rows = []
     for i, ep in enumerate(episodes):
         act = np.asarray(ep.activity, dtype=float)
+        assert ep.boundary is not None, "a located episode has its boundary"
         pos = ep.boundary + offsets
         ok = (pos >= 0) & (pos < len(act))
         grid[i, ok] = act[pos[ok]]

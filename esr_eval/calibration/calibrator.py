@@ -78,6 +78,7 @@ class Calibrator:
         if self._residual_norm is None:
             self._residual_norm = await anyio.to_thread.run_sync(median_residual_norm, self.api.engine, self.prompts)
         dictionary = self.api.engine.resolve_dictionary(self.dictionary_id)
+        assert dictionary is not None, "calibration steers a loaded dictionary"
         return Bounds.from_scale(steering_scale(self._residual_norm, dictionary, latent))
 
     def key(self, latent: int, grader: Model) -> dict[str, Any]:

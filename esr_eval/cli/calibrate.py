@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from esr_eval.provider import SteeredModelAPI
+
 import argparse
 
 from esr_eval.cli.common import add_model_args, console, model_args
@@ -29,7 +34,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     )
     prompts = prompt_texts(args.prompts)
     model = get_model(f"{PROVIDER}/{args.model}", **model_args(args))
-    api = model.api
+    api = cast("SteeredModelAPI", model.api)  # a steered/ model
     engine = api.engine
     if engine.dictionary is None:
         raise UsageError("calibration needs a dictionary: use a preset or --dictionary")

@@ -8,7 +8,7 @@ from typing import Any
 from esr_eval.config import DEFAULT_MODEL_NAME, DTYPES, ENGINES, ModelArgs
 
 
-def add_model_args(parser: argparse.ArgumentParser, dtype: str = ModelArgs.dtype) -> None:
+def add_model_args(parser: argparse.ArgumentParser, dtype: str | None = ModelArgs.dtype) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL_NAME, help="preset, hub id, folder or .gguf file")
     parser.add_argument("--dictionary", help="SAE / direction-set folder, sae-lens RELEASE/SAE_ID or preset")
     parser.add_argument("--layer", type=int, help="override the dictionary's hook layer")

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from esr_eval.steering.dictionary import FeatureDictionary
+
 import argparse
 
 from esr_eval.cli.common import add_model_args, console, engine_from
@@ -52,7 +57,7 @@ def check_generate_args(args: argparse.Namespace) -> None:
         check_latent_list([args.latent], "--latent")
 
 
-def _sampled(args: argparse.Namespace) -> tuple[object, list[int], str]:
+def _sampled(args: argparse.Namespace) -> tuple[FeatureDictionary, list[int], str]:
     """The latents `inspect eval esr_eval/steering_resistance` samples with these settings."""
     import asyncio
 
@@ -97,7 +102,7 @@ def _latents(args: argparse.Namespace) -> int:
     else:
         preset = get_preset(args.dictionary or args.model)
         spec = preset.dictionary if preset else args.dictionary or args.model
-        dictionary = load_dictionary(spec, labels=args.labels)
+        dictionary = load_dictionary(cast(str, spec), labels=args.labels)  # a preset names its dictionary
         hits = dictionary.search(args.search) if args.search else sorted(dictionary.labels.items())
     stats_file = dictionary.folder / "latent_stats.json" if dictionary.folder is not None else None
     stats = read_json(stats_file, "latent stats file") if stats_file is not None and stats_file.exists() else {}

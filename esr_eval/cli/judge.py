@@ -3,6 +3,11 @@ confusion plot per grader); `esr-eval train-grader`: retrain the offline grader'
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from inspect_ai.util import DisplayType
+
 import argparse
 import re
 from dataclasses import dataclass
@@ -50,7 +55,7 @@ def run_validation(
     log_dir: str = "logs",
     plot_dir: str | None = None,
     max_connections: int | None = None,
-    display: str = "none",
+    display: DisplayType = "none",
 ) -> tuple[list[GraderResult], list[str]]:
     """Run esr_eval/judge_validation once per grader (a model name or an Inspect Model); return
     the finished graders' figures with their confusion plots, and one line per failed eval."""
@@ -74,7 +79,7 @@ def run_validation(
         full = read_eval_log(log.location)
         scores = [s.scores[SCORER] for s in full.samples or [] if s.scores and SCORER in s.scores]
         metrics = {name: m.value for name, m in full.results.scores[0].metrics.items()} if full.results else {}
-        rows = [Comparison.from_value(score.value) for score in scores]
+        rows = [Comparison.from_value(cast(dict[str, Any], score.value)) for score in scores]
         name = next((str((score.metadata or {}).get("grader_version")) for score in scores), str(log.eval.model))
         plot = Path(plot_dir or log_dir) / f"judge_validation_{_slug(name)}_{split}.png"
         accuracy = metrics.get("count_accuracy", float("nan"))
@@ -107,7 +112,7 @@ def print_results(results: list[GraderResult], split: str, fmt: str = "table") -
 
 
 def run_negatives(
-    graders: list[Any], split: str = "test", log_dir: str = "logs", max_connections: int | None = None, display: str = "none"
+    graders: list[Any], split: str = "test", log_dir: str = "logs", max_connections: int | None = None, display: DisplayType = "none"
 ) -> tuple[dict[str, list[Any]], list[str]]:
     """Run esr_eval/judge_negatives once per grader; return each finished grader's pool figures
     (`esr_eval.judge_tools.negatives.pool_figures`) and one line per failed eval."""
@@ -132,9 +137,10 @@ def run_negatives(
             if score is None:
                 continue
             name = str((score.metadata or {}).get("grader_version") or name)
-            error = score.value["judge_error"] > 0
-            scores = None if error else [float(a["score"]) for a in score.metadata["attempts"]]
-            judged.append(Judged(pool[str(sample.id)], scores, score.value["degraded_flag"] > 0))
+            value, metadata = cast(dict[str, float], score.value), score.metadata or {}
+            error = value["judge_error"] > 0
+            scores = None if error else [float(a["score"]) for a in metadata["attempts"]]
+            judged.append(Judged(pool[str(sample.id)], scores, value["degraded_flag"] > 0))
         figures[name] = pool_figures(judged)
     return figures, failures
 

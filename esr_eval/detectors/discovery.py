@@ -79,7 +79,7 @@ def max_over_tokens(acts: list[torch.Tensor], width: int) -> np.ndarray:
 def discover(lm: SteeringEngine, prompts: list[str], answers: list[str], seed: int = 0, rule: str = "strict", min_auc: float = 0.95) -> tuple[list[int], list[LatentStats], np.ndarray, np.ndarray]:
     """Detectors, stats for every latent, AUCs, and each latent's firing frequency over the
     matched answers' tokens (for matched random controls)."""
-    width = lm.dictionary.d_sae
+    width = lm.primary_dictionary().d_sae
     perm = derangement(len(prompts), random.Random(seed))
     matched_acts = answer_activations(lm, list(zip(prompts, answers)))
     matched = max_over_tokens(matched_acts, width)
@@ -88,7 +88,7 @@ def discover(lm: SteeringEngine, prompts: list[str], answers: list[str], seed: i
     frequency = (tokens > 0).float().mean(0).numpy()
     stats = separation_stats(mismatched, matched)
     chosen = select_detectors(stats, rule, min_auc)
-    labels = lm.dictionary.labels
+    labels = lm.primary_dictionary().labels
     rows = [
         LatentStats(k, float(stats["auc"][k]), float(stats["cohens_d"][k]), float(stats["active_mismatched"][k]), float(stats["active_matched"][k]), labels.get(k))
         for k in range(width)

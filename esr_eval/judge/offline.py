@@ -253,8 +253,7 @@ def grade(prompt: str, answer: str, label: str) -> list[dict[str, Any]]:
         attempt_features(prompt, content, unit_vecs[seg.content], whole, prompt_vec, label_vec)
         for seg, content, whole in zip(found, contents, wholes)
     ])  # fmt: skip
-    scores = attempt_scorer().score(features)
-    scores = [score * DEGRADED_FACTOR if is_degraded(" ".join(content)) else score for score, content in zip(scores, contents)]
+    scores = [score * DEGRADED_FACTOR if is_degraded(" ".join(content)) else score for score, content in zip(attempt_scorer().score(features), contents)]
     attempts = []
     for seg, content, score in zip(found, contents, scores):
         weights = np.array([max(len(s.split()), 1) for s in content], dtype=float)

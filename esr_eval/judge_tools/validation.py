@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -43,7 +43,7 @@ class Comparison:
         return {f.name: float(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
-    def is_value(cls, value: Any) -> bool:
+    def is_value(cls, value: Any) -> TypeGuard[dict[str, Any]]:
         return isinstance(value, dict) and "labelled_attempts" in value and "judged_attempts" in value
 
     @classmethod

@@ -40,7 +40,8 @@ _MARKER = re.compile(r"\[\[|<<|\{\{|\(\(")
 
 def strip_markers(marked: str) -> tuple[str, dict[str, list[tuple[int, int]]]]:
     """The plain text and, per marker kind, the (start, end) spans of the marked phrases."""
-    out, spans = [], {kind: [] for _, kind in MARKERS.values()}
+    out: list[str] = []
+    spans: dict[str, list[tuple[int, int]]] = {kind: [] for _, kind in MARKERS.values()}
     pos, length = 0, 0
     while True:
         match = _MARKER.search(marked, pos)

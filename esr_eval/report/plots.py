@@ -44,14 +44,14 @@ def plot_rates(task: str, runs: list[Run], out: Path) -> Path:
     labels = [r.model + (f"\n{task_params(r.log)}" if several else "") for r in runs]
     _bars(ax, labels, [r.summary for r in runs], f"{task}: rates with clustered 95% intervals")
     for (key, name), style in zip(RATES, ("--", ":")):
-        if isinstance(PAPER.get(task, {}).get(key), float):
-            ax.axhline(100 * PAPER[task][key], color="grey", linestyle=style, label=f"paper 70B {name}")
+        if isinstance(paper := PAPER.get(task, {}).get(key), float):
+            ax.axhline(100 * paper, color="grey", linestyle=style, label=f"paper 70B {name}")
     ax.legend(fontsize=7)
     return write_png(fig, out / f"rates_{task}.png")
 
 
 def plot_size(runs: list[Run], out: Path) -> Path | None:
-    points = [(model_params(r.log), r) for r in runs if model_params(r.log) and not finetune_info(r.log)]
+    points = [(size, r) for r in runs if (size := model_params(r.log)) and not finetune_info(r.log)]
     if not points:
         return None
     fig = Figure(figsize=(5, 3.6))
@@ -135,7 +135,7 @@ def plot_variants(runs: list[Run], out: Path) -> Path | None:
     ax = fig.subplots()
     _bars(ax, labels, summaries, "meta-prompt variants")
     for key, style, what in (("steering_resistance", "--", "no suffix"), ("meta_prompt", ":", "meta-prompt")):
-        ax.axhline(100 * PAPER[key]["multi_attempt_rate"], color="grey", linestyle=style, label=f"paper 70B multi-attempt, {what}")
+        ax.axhline(100 * float(PAPER[key]["multi_attempt_rate"]), color="grey", linestyle=style, label=f"paper 70B multi-attempt, {what}")
     ax.legend(fontsize=7)
     return write_png(fig, out / "meta_prompt.png")
 

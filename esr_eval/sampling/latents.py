@@ -11,6 +11,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,12 +40,19 @@ def firing_frequencies(dictionary: FeatureDictionary) -> dict[int, float] | None
     stats = _latent_stats(dictionary)
     if stats is None:
         return None
-    freq = stats.get("firing_frequency", stats)
+    freq: Any = stats.get("firing_frequency", stats)
     if isinstance(freq, list):
         return {k: float(v) for k, v in enumerate(freq)}
     if not isinstance(freq, dict):
-        raise ValueError(f"{dictionary.folder / 'latent_stats.json'} is not {{latent: {{frequency, ...}}}} or a list")
-    return {int(k): float(v.get("frequency", v.get("firing_frequency", 0.0)) if isinstance(v, dict) else v) for k, v in freq.items()}
+        raise ValueError(f"{dictionary.folder}/latent_stats.json is not {{latent: {{frequency, ...}}}} or a list")
+    return {int(k): float(_frequency(v)) for k, v in freq.items()}
+
+
+def _frequency(entry: Any) -> Any:
+    """A latent's entry of latent_stats.json: its frequency, or a dict that holds it."""
+    if isinstance(entry, dict):
+        return entry.get("frequency", entry.get("firing_frequency", 0.0))
+    return entry
 
 
 def relevance_cache_file(lm: SteeringEngine, prompts: Sequence[list[Message]], rule: str, top_k: int) -> Path:

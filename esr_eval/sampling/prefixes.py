@@ -105,6 +105,7 @@ def answers_from_logs(paths: Iterable[str | Path]) -> list[SourceAnswer]:
             if trial is None or not trial.value.attempted or md.get("prefix") or not float(md.get("boost") or 0) > 0:
                 continue
             answer = sample.output.completion if sample.output else ""
+            assert scorer is not None and sample.scores is not None  # a trial was read from them
             attempts = (sample.scores[scorer].metadata or {}).get("attempts") or []
             flagged = flagged_restarts(answer)
             start, end = locate_restart(answer, attempts, flagged)
@@ -178,7 +179,7 @@ def same_model(source_model: str | None, model: str) -> bool:
 
 
 def check_models(answers: list[SourceAnswer], model: str, what: str) -> None:
-    other = sorted({a.model for a in answers if not same_model(a.model, model)} - {None})
+    other = sorted({a.model for a in answers if a.model is not None and not same_model(a.model, model)})
     if other:
         raise UsageError(
             f"{what} holds answers of {other[0]}, not of {model}: prefixes must be the model's own words "

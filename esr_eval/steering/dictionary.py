@@ -217,7 +217,7 @@ def load_dictionary(
             cfg = json.loads((path / "config.json").read_text())
             directions = load_file(str(path / DIRECTIONS_FILE))["directions"]
             name = f"{cfg.get('name', path.name)}-{folder_digest(path)}"  # a rebuilt set gets a new identity
-            found = DirectionSet(directions, name, int(layer if layer is not None else cfg["layer"]), _labels_beside(path))
+            found: FeatureDictionary = DirectionSet(directions, name, int(layer if layer is not None else cfg["layer"]), _labels_beside(path))
         elif (path / "cfg.json").exists():
             from sae_lens import SAE
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -36,7 +37,7 @@ def cached_directions(lm: SteeringEngine, targets: list[dict], neutral: list[str
     folder = cache_dir() / "directions" / f"hijack-{digest}"
     if not (folder / "config.json").exists():
         contrastive_directions(lm, targets, neutral, folder.name).save(folder, {"targets": [t["id"] for t in targets]})
-    return load_dictionary(str(folder))
+    return cast(DirectionSet, load_dictionary(str(folder)))  # a direction-set folder
 
 
 TOPICS_FIX = 'write one JSON object a line: {"id": ..., "label": "the topic as the judge reads it", "passages": ["...", ...]}'

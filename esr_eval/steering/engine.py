@@ -141,7 +141,7 @@ class RequestQueue:
                 if not self._items:
                     self._worker = None
                     return None
-            taken = []
+            taken: list[tuple[GenerationRequest, Future]] = []
             while self._items and len(taken) < limit:
                 request, future = self._items.popleft()
                 if future.set_running_or_notify_cancel():  # a cancelled sample is dropped here
@@ -210,6 +210,11 @@ class SteeringEngine(ABC):
         own -M args (`ModelArgs.backend_args()`)."""
         raise NotImplementedError(f"{cls.__name__} does not implement load")
 
+    def primary_dictionary(self) -> FeatureDictionary:
+        """The dictionary steering indexes, for callers that checked one is loaded."""
+        assert self.dictionary is not None, f"{self.name} has no dictionary loaded"
+        return self.dictionary
+
     @staticmethod
     def dictionary_key(dictionary: FeatureDictionary) -> str:
         return f"{dictionary.name}@{dictionary.layer}"
@@ -257,7 +262,7 @@ class SteeringEngine(ABC):
         with continuous batching lets requests join between its decode steps instead."""
         while (taken := queue.take(self.max_batch_size, wait=True)) is not None:
             try:
-                results = self.generate([request for request, _ in taken])
+                results: list[GenerationResult | BaseException] = list(self.generate([request for request, _ in taken]))
             except Exception as err:  # every caller in the batch sees the failure
                 results = [err] * len(taken)
             for (_, future), outcome in zip(taken, results):

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -83,7 +84,9 @@ class BatchSteering:
         """`dictionaries`: one for the whole batch, or one per row."""
         if not any(rows):
             return None
-        per_row = list(dictionaries) if isinstance(dictionaries, (list, tuple)) else [dictionaries] * len(rows)
+        per_row: list[FeatureDictionary | None] = (
+            list(dictionaries) if isinstance(dictionaries, (list, tuple)) else [cast("FeatureDictionary | None", dictionaries)] * len(rows)
+        )
         add = None
         by_dictionary: dict[int, list[int]] = {}
         for b, (row, dictionary) in enumerate(zip(rows, per_row)):
@@ -102,6 +105,7 @@ class BatchSteering:
         clamps = []
         for members in by_dictionary.values():
             dictionary = per_row[members[0]]
+            assert dictionary is not None  # rows without one raised above
             latents = sorted({iv.latent for b in members for iv in rows[b] if iv.mode == "clamp"})
             col = {k: j for j, k in enumerate(latents)}
             device = dictionary.W_dec.device
@@ -163,10 +167,11 @@ class ResidualHooks:
         the context swallows; the caller reads the recorded residual and no logits."""
         with self._lock:
             self.steering = steering
-            self.record = [] if record else None
+            recorded: list[torch.Tensor] = []
+            self.record = recorded if record else None
             self.stop = stop and record
             try:
-                yield self.record if record else []
+                yield recorded
             except StopForward:
                 pass
             finally:

@@ -129,7 +129,7 @@ def _load_gguf(gguf_path: Path, dtype: torch.dtype, placement: dict | None = Non
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     # save_pretrained refuses a quantizer-tagged model; the weights are already dequantised.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # transformers types it as set
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     try:
@@ -139,7 +139,7 @@ def _load_gguf(gguf_path: Path, dtype: torch.dtype, placement: dict | None = Non
     except OSError:
         if placement:
             raise OSError(f"cannot write {folder}: a device_map needs the dequantised folder; set ESR_EVAL_CACHE to a writable folder") from None
-        return model.to(dtype), tokenizer  # a read-only cache only costs speed
+        return model.to(dtype), tokenizer  # type: ignore[arg-type]  # a read-only cache only costs speed
     del model
     return _load_folder(str(folder), dtype, placement)
 

@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from esr_eval.config import GENERATION, asset_path
 from esr_eval.errors import MissingFileError, UsageError
@@ -68,7 +69,7 @@ class Preset:
         return f"{self.name}#{model_fingerprint(self.adapter).split('#')[-1]}"
 
 
-PAPER_PLACEMENT = {"device_map": "auto", "dtype": "bfloat16"}  # the paper's models: sharded over the accelerators, bf16
+PAPER_PLACEMENT: dict[str, Any] = {"device_map": "auto", "dtype": "bfloat16"}  # the paper's models: sharded over the accelerators, bf16
 
 PRESETS: dict[str, Preset] = {
     p.name: p

@@ -81,7 +81,7 @@ class HFEngine(SteeringEngine):
         self.eos_ids = torch.tensor(sorted(eos_ids), dtype=torch.long)
 
     @classmethod
-    def load(
+    def load(  # type: ignore[override]  # the backend's own keywords in place of **backend_args
         cls,
         source: str,
         dictionary: str | None = None,
@@ -179,6 +179,7 @@ class HFEngine(SteeringEngine):
         for the step, so a read-out in another thread waits for the step, never interleaves."""
         batch.mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :1])], dim=1)
         positions = batch.next_position[:, None].to(batch.mask.device)
+        assert batch.pending is not None, "a decode step feeds the sampled tokens"
         tokens = batch.pending[:, None].to(batch.mask.device)
         with self.hooks.active(batch.steering(self._dtype())):
             batch.logits = self._forward(tokens, batch.mask, positions, batch.cache, last_only=True).logits[:, -1].float()
@@ -212,7 +213,7 @@ class HFEngine(SteeringEngine):
         batch: DecodeBatch | None = None
         while True:
             idle = batch is None or not len(batch)
-            room = batch_size - (0 if idle else len(batch)) if self._can_join(batch) else 0
+            room = batch_size - (0 if idle or batch is None else len(batch)) if self._can_join(batch) else 0
             joining = take(room, idle)
             if joining is None:
                 return

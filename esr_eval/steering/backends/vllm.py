@@ -107,8 +107,8 @@ def portable_encoder(dictionary: FeatureDictionary, latents: Sequence[int]):
         d = dictionary.directions.float().cpu()
         W = (d / (d * d).sum(-1, keepdim=True).clamp_min(1e-12))[idx].T.contiguous()
         return LatentEncoder("linear", W, torch.zeros(len(idx)), torch.zeros(d.shape[1]))
-    sae = getattr(dictionary, "sae", None)
-    cfg = getattr(sae, "cfg", None)
+    sae: Any = getattr(dictionary, "sae", None)
+    cfg: Any = getattr(sae, "cfg", None)
     plain = (
         cfg is not None
         and getattr(cfg, "normalize_activations", "none") == "none"
@@ -151,6 +151,7 @@ def steering_objects(
         else:
             clamp[int(iv.latent)] = float(iv.value)  # a later clamp of the same latent wins, as in the HF backend
     if not clamp:
+        assert add is not None  # some intervention, none a clamp
         return [SteeringVector(activations=add.to(dtype)[None], layer_indices=[layer], scale=1.0)], []
     latents = sorted(clamp)
     hook = ClampHook(
@@ -180,6 +181,10 @@ class Output:
     finish_reason: str
     residual: torch.Tensor | None  # [positions, d_model] at the steered layer, if captured
     hook_results: dict[str, dict[str, Any]]
+
+    def captured_residual(self) -> torch.Tensor:
+        assert self.residual is not None, "the row asked for its residual (capture=True)"
+        return self.residual
 
 
 class InProcess:
@@ -443,7 +448,7 @@ class VLLMEngine(SteeringEngine):
             vectors, hooks = steering_objects(ivs, dictionary, self.layer, self.torch_dtype)
             rows.append(TransportRow(row_ids, {"max_tokens": 1, "temperature": 0.0}, vectors, hooks, capture=True))
         outs = self._run(rows)
-        return [out.residual[: len(row.prompt)].float() for row, out in zip(rows, outs)]
+        return [out.captured_residual()[: len(row.prompt)].float() for row, out in zip(rows, outs)]
 
     def prompt_residuals(self, prompts: Sequence[list[Message]], skip: int = 2) -> list[torch.Tensor]:
         ids = [self.prompt_ids(m) for m in prompts]

@@ -35,7 +35,7 @@ class LatentEncoder:
 
     def to(self, device: torch.device) -> "LatentEncoder":
         moved = {name: (value.to(device) if isinstance(value, torch.Tensor) else value) for name, value in vars(self).items()}
-        return LatentEncoder(**moved)
+        return LatentEncoder(**moved)  # type: ignore[arg-type]  # the same fields, moved
 
     def encode(self, h: torch.Tensor) -> torch.Tensor:
         """[T, d_model] float32 -> [T, n_clamped]."""
@@ -45,10 +45,12 @@ class LatentEncoder:
         if self.kind == "relu":
             return pre.relu()
         if self.kind == "jumprelu":
+            assert self.threshold is not None, "a jumprelu encoder has its threshold"
             return pre.relu() * (pre > self.threshold).to(pre.dtype)
         if self.kind == "topk":
             if self.acts_scale is not None:
                 pre = pre * self.acts_scale
+            assert self.k is not None, "a topk encoder has its k"
             values, indices = torch.topk(pre, k=self.k, dim=-1, sorted=False)
             acts = torch.zeros_like(pre).scatter_(-1, indices, values.relu())
             return acts[:, self.columns]

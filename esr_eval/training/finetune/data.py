@@ -109,9 +109,9 @@ def make_row(plan: RowPlan, answer: str) -> dict[str, Any]:
     """The chat row with its segments; "".join(segment texts) is the assistant turn."""
     answer = answer.strip()
     if plan.correction:
-        segments = [
+        segments: list[dict[str, Any]] = [
             {"part": "off_topic", "text": plan.off_topic, "train": False},
-            {"part": "recovery", "text": "\n\n" + plan.recovery, "train": True},
+            {"part": "recovery", "text": "\n\n" + str(plan.recovery), "train": True},
             {"part": "answer", "text": "\n\n" + answer, "train": True},
         ]
     else:
@@ -176,6 +176,7 @@ def write_passages(writer, plans: Sequence[RowPlan], max_connections: int = 8) -
 
     async def one(plan: RowPlan) -> str:
         config = GenerateConfig(max_tokens=200, temperature=0.9, seed=plan.seed, max_connections=max_connections)
+        assert plan.subject is not None, "a correction row has its subject"
         output = await model.generate(WRITER_PROMPT.format(subject=plan.subject["name"]), config=config)
         return output.completion.strip()
 

@@ -80,7 +80,7 @@ def plan_steered_rows(
     """More plans than rows for the steered kinds (see OVERSAMPLE); `select_rows` keeps `settings.n`."""
     rng = random.Random(settings.seed)
     grammar = RecoveryGrammar.load()
-    wanted = {
+    wanted: dict[Kind, int] = {
         "correction": round(settings.n * settings.correction_share),
         "steered": round(settings.n * settings.steered_share),
     }
@@ -107,7 +107,7 @@ def plan_steered_rows(
 
 def steering_scales(engine: SteeringEngine, prompts: Sequence[str], latents: Sequence[int]) -> dict[int, float]:
     norm = median_residual_norm(engine, prompts)
-    return {k: steering_scale(norm, engine.dictionary, k) for k in latents}
+    return {k: steering_scale(norm, engine.primary_dictionary(), k) for k in latents}
 
 
 @dataclass
@@ -198,9 +198,9 @@ def make_row(g: Generated, dictionary_id: str | None, layer: int) -> dict[str, A
     p = g.plan
     if p.kind == "correction":
         joiner = " " if g.text.endswith((".", "!", "?")) else "... "
-        segments = [
+        segments: list[dict[str, Any]] = [
             {"part": "off_topic", "text": g.text, "train": False},
-            {"part": "recovery", "text": joiner + p.recovery, "train": True},
+            {"part": "recovery", "text": joiner + str(p.recovery), "train": True},
             {"part": "answer", "text": "\n\n" + g.answer, "train": True},
         ]
     else:

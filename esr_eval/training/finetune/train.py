@@ -184,9 +184,9 @@ def train_lora(
     steered = any(e["interventions"] for e in train_set)
     if steered and dictionary is None:
         raise ValueError("the rows carry steering: pass the dictionary they were generated with")
-    steering = TrainingSteering.attach(model, dictionary) if steered else None
+    steering = TrainingSteering.attach(model, dictionary) if steered and dictionary is not None else None
     targets = list(settings.target_modules or attention_modules(model))
-    layers = list(range(dictionary.layer + 1, len(decoder_layers(model)))) if steered else None
+    layers = list(range(dictionary.layer + 1, len(decoder_layers(model)))) if steered and dictionary is not None else None
     lora = LoraConfig(
         r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=targets,
         layers_to_transform=layers, task_type="CAUSAL_LM",
@@ -237,7 +237,7 @@ def train_lora(
             epoch_losses.append(step_loss)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{step_loss:.3f}")
-        record = {"epoch": epoch + 1, "steps": len(epoch_losses), "train_loss": sum(epoch_losses) / len(epoch_losses)}
+        record: dict[str, float | None] = {"epoch": epoch + 1, "steps": len(epoch_losses), "train_loss": sum(epoch_losses) / len(epoch_losses)}
         record["val_loss"] = mean_loss(model, val_set, pad_id, settings.micro_batch_size, steering) if val_set else None
         epochs.append(record)
         if checkpoint is not None:

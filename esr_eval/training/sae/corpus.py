@@ -13,6 +13,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -92,7 +93,7 @@ def answer_documents(engine: SteeringEngine, spec: CorpusSpec, n_tokens: int) ->
                                   repetition_penalty=spec.repetition_penalty, seed=spec.seed * 1_000_003 + done + i)
                 for i, p in enumerate(batch)
             ]
-            rows = []
+            rows: list[dict[str, Any]] = []
             for p, req, res in zip(batch, requests, engine.generate(requests)):
                 body = res.token_ids[:-1] if res.stop_reason == "stop" else res.token_ids
                 ids = engine.prompt_ids(req.messages) + body

@@ -79,13 +79,13 @@ class TokenLabeler:
               n_tokens: int = 3, n_context: int = 2) -> str:
         score: Counter[str] = Counter()
         for tok, w in zip(tokens, weights):
-            score[tok.strip().lower() or tok] += w  # whitespace tokens keep their raw form
+            score[tok.strip().lower() or tok] += w  # type: ignore[assignment]  # float counts; whitespace tokens keep their raw form
         top = [t for t, _ in score.most_common(n_tokens)]
         ctx: Counter[str] = Counter()
         for c in contexts:
             for w in {w.lower() for w in WORD.findall(c)}:
                 if w not in STOPWORDS and w not in top:
-                    ctx[w] += self.idf.get(w, 0.0)
+                    ctx[w] += self.idf.get(w, 0.0)  # type: ignore[assignment]  # float counts
         words = [w for w, s in ctx.most_common(n_context) if s > 0 and ctx_count(contexts, w) >= 2]
         text = ", ".join(t if t.isalpha() else repr(t) for t in top)
         return f"{text}; context: {', '.join(words)}" if words else text
@@ -98,7 +98,9 @@ def ctx_count(contexts: list[str], word: str) -> int:
 def latent_evidence(tokenizer, docs: list[dict], doc_index: torch.Tensor, positions: torch.Tensor,
                     examples: LatentExamples, latent: int, n_snippets: int = 8) -> tuple[list[str], list[float], list[str]]:
     """(firing tokens, their activations, context snippets) of one latent's top examples."""
-    tokens, weights, snippets = [], [], []
+    tokens: list[str] = []
+    weights: list[float] = []
+    snippets: list[str] = []
     for value, row in zip(examples.top_values[latent].tolist(), examples.top_rows[latent].tolist()):
         if row < 0:
             continue

@@ -12,6 +12,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -187,7 +188,7 @@ def train_sae(args: argparse.Namespace) -> dict:
     with atomic_directory(out) as tmp:
         sae.save_inference_model(tmp)
         shipped = load_dictionary(str(tmp))  # measure exactly what ships
-        metrics = {
+        metrics: dict[str, Any] = {
             "heldout": quality(shipped.encode, shipped.decode, held.acts),
             "train_sample": quality(shipped.encode, shipped.decode, train.acts[
                 torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[:20_000]]),
