@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from esr_log_builders import canned_judge, esr_value, run_canned
+from helpers import canned_judge, esr_value, run_canned
 
 from esr_eval.analysis.agreement import agreements, cohens_kappa
 from esr_eval.cli import main

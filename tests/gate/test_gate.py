@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from esr_log_builders import esr_value, run_canned
+from helpers import REPO, esr_value, run_canned
 
 from esr_eval.cli import main
 from esr_eval.gate.gate import change_p_value, log_metrics
@@ -206,7 +206,7 @@ def _mock_grader():
 
 
 def test_recomputed_metrics_match_the_scorer(tmp_path):
-    from esr_log_builders import canned_answer
+    from helpers import canned_answer
     from inspect_ai import Task, eval
     from inspect_ai.dataset import Sample
 
@@ -264,14 +264,13 @@ def test_example_workflow_is_consistent():
     """The CI example uses task arguments the task takes and bounds the gate can read."""
     import inspect
     import shlex
-    from pathlib import Path
 
     import yaml
 
     from esr_eval.gate.gate import Expectation
     from esr_eval.tasks.steering_resistance import steering_resistance
 
-    workflow = yaml.safe_load((Path(__file__).parent.parent / "docs/examples/esr-gate.yml").read_text())
+    workflow = yaml.safe_load((REPO / "docs/examples/esr-gate.yml").read_text())
     script = "\n".join(step.get("run", "") for step in workflow["jobs"]["esr"]["steps"]).replace("\\\n", " ")
     words = shlex.split(script, comments=True)
     task_args = [words[i + 1].split("=")[0] for i, w in enumerate(words) if w == "-T"]

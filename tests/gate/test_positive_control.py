@@ -5,15 +5,15 @@ latents, and the CI run's cache keys find the committed thresholds (no recalibra
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from esr_eval.cli import main
 from esr_eval.gate.gate import log_metrics
 from esr_eval.results.logs import newest_log_files, read_log
 
-HERE = Path(__file__).resolve().parents[1] / "esr_eval" / "assets" / "positive_control"
+HERE = REPO / "esr_eval" / "assets" / "positive_control"
 EVIDENCE = HERE / "logs"
 CI_LATENTS = [int(k) for k in (HERE / "ci_latents.txt").read_text().split(",")]
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import TEST_DATA
 from inspect_ai import Task, eval
 from inspect_ai.dataset import Sample
 from inspect_ai.log import read_eval_log
@@ -214,7 +215,7 @@ def test_ordinary_sentences_are_no_restart(sentence: str) -> None:
     assert len(grade(PROMPT, answer, LABEL)) == 1
 
 
-DEFAULT_RUN = json.loads((Path(__file__).parent / "data" / "default_run_answers.json").read_text())["answers"]
+DEFAULT_RUN = json.loads((TEST_DATA / "default_run_answers.json").read_text())["answers"]
 
 
 @pytest.mark.parametrize("row", DEFAULT_RUN, ids=[r["id"] for r in DEFAULT_RUN])

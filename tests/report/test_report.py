@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from esr_log_builders import esr_value, run_canned
+from helpers import esr_value, run_canned
 
 from esr_eval.cli import main
 from esr_eval.report.runs import load_runs, model_params

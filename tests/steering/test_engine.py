@@ -59,12 +59,12 @@ def test_continuous_batch_of_8_equals_each_row_alone(tiny_lm, monkeypatch):
 def test_continuous_batching_with_sliding_window_layers():
     """A Gemma 3 layout (sliding-window layers of 6 tokens between full ones): rows that join a
     batch whose windows have already rolled still make their tokens alone."""
-    from conftest import TINY_HIDDEN, _tiny_tokenizer
+    from helpers import TINY_HIDDEN, tiny_tokenizer
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     from esr_eval.steering.dictionary import DirectionSet
 
-    tokenizer = _tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     tokenizer.padding_side = "left"
     config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=TINY_HIDDEN, intermediate_size=64, num_hidden_layers=4,
                               num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=6, max_position_embeddings=512,

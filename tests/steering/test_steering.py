@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_saes import save_orthonormal
+from helpers import save_orthonormal
 
 from esr_eval.steering.backends.hf import HFEngine
 from esr_eval.steering.engine import GenerationRequest

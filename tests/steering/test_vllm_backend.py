@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_HIDDEN, write_random_sae
+from helpers import TINY_HIDDEN, write_random_sae
 
 from esr_eval.errors import UsageError
 from esr_eval.steering.backends import vllm as vllm_backend

@@ -9,9 +9,8 @@ import subprocess
 import sys
 
 import pytest
+from helpers import REPLIES, count_loads, keyed_grader
 from inspect_ai import eval as inspect_eval
-from test_inputs import count_loads
-from test_tasks import REPLIES, keyed_grader
 
 from esr_eval.cli import main
 from esr_eval.errors import DataFileError, MissingFileError, UsageError
@@ -260,7 +259,7 @@ def test_the_vllm_install_command_survives_rich_markup(monkeypatch):
 
 # 10 ----------------------------------------------------------------- a misspelt gate metric
 def test_a_misspelt_gate_metric_names_the_known_ones(tmp_path, capsys):
-    from esr_log_builders import esr_value, run_canned
+    from helpers import esr_value, run_canned
 
     run_canned(tmp_path / "logs", [{"scores": {"judge": {"value": esr_value(30, 80)}}, "metadata": {"latent": 1}}])
     assert main(["gate", str(tmp_path / "logs"), "--expect", "esr_rat <= 1"]) == 2

@@ -7,9 +7,8 @@ import json
 
 import pytest
 import torch
+from helpers import USAGE, orthonormal_relu_sae, run, write_thresholds
 from inspect_ai.model import ModelOutput, get_model
-from test_tasks import USAGE, run
-from test_variants import orthonormal_relu_sae, write_thresholds
 
 from esr_eval.analysis.boundaries import continuation_attempts
 from esr_eval.judge.protocol import rubric_sections

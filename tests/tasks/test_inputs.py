@@ -10,21 +10,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPLIES, count_loads, keyed_grader, run
 from inspect_ai import eval as inspect_eval
-from test_tasks import REPLIES, keyed_grader, run
 
 from esr_eval.errors import DataFileError, UsageError
 from esr_eval.sampling.prompts import load_prompts
-from esr_eval.steering.backends.hf import HFEngine
 
 INSPECT = str(Path(sys.executable).parent / "inspect")
-
-
-def count_loads(monkeypatch) -> list:
-    loads: list = []
-    real = HFEngine.load.__func__
-    monkeypatch.setattr(HFEngine, "load", classmethod(lambda cls, *a, **k: loads.append(a) or real(cls, *a, **k)))
-    return loads
 
 
 def test_misspelt_task_arg_is_refused_before_the_model_loads(tiny_model_dir, tiny_sae_dir, tmp_path, monkeypatch):
@@ -166,7 +158,7 @@ def test_read_outs_wait_for_a_generating_batch(tiny_model_dir, tiny_sae_dir, tmp
     """Half the thresholds cached: those samples generate while the other latents' calibration
     reads residuals. Every logged steered answer equals the same request generated alone (float32:
     in bfloat16 a row's logits depend on the batch it shares)."""
-    from test_variants import write_thresholds
+    from helpers import write_thresholds
 
     from esr_eval.steering.engine import GenerationRequest
     from esr_eval.steering.intervention import steering_from_extra_body
@@ -233,7 +225,7 @@ def test_help_imports_neither_torch_nor_lm_eval(argv):
 
 
 def test_gate_and_report_work_without_torch(tmp_path):
-    from esr_log_builders import esr_value, run_canned
+    from helpers import esr_value, run_canned
 
     run_canned(tmp_path / "logs", [{"scores": {"judge": {"value": esr_value(30, 80)}}, "metadata": {"latent": 1}}])
     code = (

@@ -3,75 +3,14 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 import torch
+from helpers import REPLIES, assert_each_answer_was_judged, keyed_grader, metrics, run
 from inspect_ai import eval as inspect_eval
-from inspect_ai.model import ModelOutput, ModelUsage, get_model
 
 from esr_eval.config import TaskArgs
-from esr_eval.judge.protocol import rubric_sections
 from esr_eval.sampling.latents import relevant_latents, sample_latents
-
-USAGE = ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2)
-
-
-def judge_reply(answer: str, attempts: list[tuple[float, bool]]) -> str:
-    """Attempts that quote the answer being judged: attempt i is its i-th word onwards."""
-    words = answer.split() or ["(empty)"]
-    body = {
-        "attempts": [
-            {"text": " ".join(words[i % len(words) :]), "score": s, "serves_concept": c} for i, (s, c) in enumerate(attempts)
-        ]
-    }
-    return f"<attempts>{json.dumps(body)}</attempts>"
-
-
-def keyed_grader(by_latent: dict[int, list[tuple[float, bool]]], calls: list[str] | None = None):
-    """A mockllm grader whose reply depends on the answer in the rubric (the attempts quote it)
-    and on the latent named in its label "(k)" (the scores)."""
-
-    def reply(input, tools, tool_choice, config):
-        text = input[-1].text
-        if calls is not None:
-            calls.append(text)
-        _, answer, label = rubric_sections(text)
-        latent = int(re.findall(r"\((\d+)\)", label)[-1])
-        out = ModelOutput.from_content("mockllm/model", judge_reply(answer, by_latent[latent]))
-        out.usage = USAGE
-        return out
-
-    return get_model("mockllm/model", custom_outputs=reply)
-
-
-def assert_each_answer_was_judged(log) -> None:
-    """The judge saw each sample's own answer: its first attempt quotes that answer."""
-    for sample in log.samples:
-        attempts = sample.scores["attempts_judge"].metadata["attempts"]
-        assert attempts[0]["text"] == " ".join(sample.output.completion.split()) or sample.output.completion.strip() == ""
-
-
-def run(task: str, tiny_model_dir, tiny_sae_dir, tmp_path, grader, model_args: dict | None = None, **task_args):
-    logs = inspect_eval(
-        task,
-        model=f"steered/{tiny_model_dir}",
-        model_args={"dictionary": str(tiny_sae_dir), **(model_args or {})},
-        model_roles={"grader": grader},
-        task_args={"max_tokens": 8, "threshold_cache": str(tmp_path / "thresholds.jsonl"), **task_args},
-        log_dir=str(tmp_path / "logs"),
-        display="none",
-    )
-    assert logs[0].status == "success", logs[0].error
-    return logs[0]
-
-
-def metrics(log) -> dict[str, float]:
-    return {name: m.value for s in log.results.scores for name, m in s.metrics.items()}
-
-
-# latents 2 and 4 recover (20 -> 70), 1 and 3 answer once (40)
-REPLIES = {1: [(40, False)], 2: [(20, True), (70, False)], 3: [(40, False)], 4: [(20, True), (70, False)]}
 
 
 def test_steering_resistance_end_to_end(tiny_model_dir, tiny_sae_dir, tmp_path):

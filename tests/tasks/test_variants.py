@@ -8,33 +8,20 @@ import random
 import numpy as np
 import pytest
 import torch
-from test_tasks import keyed_grader, metrics, run
-from tiny_saes import save_orthonormal
+from helpers import (
+    REPLIES,
+    keyed_grader,
+    metrics,
+    orthonormal_relu_sae,
+    run,
+    write_thresholds,
+)
 
-from esr_eval.calibration.cache import prompt_set_hash
-from esr_eval.calibration.rounds import METHOD
-from esr_eval.config import TaskArgs
 from esr_eval.detectors.controls import frequency_bins, matched_controls
 from esr_eval.detectors.discovery import derangement, select_detectors, separation_stats
-from esr_eval.sampling.prompts import DEFAULT_PROMPTS as PROMPTS_FILE
-from esr_eval.sampling.prompts import load_prompts
 from esr_eval.steering.load import load_engine
 from esr_eval.steering.models import model_fingerprint
 from esr_eval.tasks.meta_prompt import META_PROMPTS
-
-REPLIES = {1: [(40, False)], 2: [(20, True), (70, False)], 3: [(40, False)], 4: [(20, True), (70, False)]}
-
-
-def write_thresholds(path, model: str, dictionary: str, thresholds: dict[int, float], target: float, dtype: str) -> None:
-    prompts = prompt_set_hash([p.text for p in load_prompts(PROMPTS_FILE)])
-    rows = [
-        dict(model=model, dictionary=dictionary, latent=k, grader="mockllm/model", target=target, prompts=prompts,
-             max_tokens=8, temperature=0.6, top_p=1.0, repetition_penalty=1.1, calibration_trials=TaskArgs.calibration_trials,
-             calibration=f"{METHOD}x{TaskArgs.calibration_rounds}", dtype=dtype, engine="hf",
-             threshold=v, trials=3, score=target, history=[])  # fmt: skip
-        for k, v in thresholds.items()
-    ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def test_boost_sweep_levels_use_cached_thresholds(tiny_model_dir, tiny_sae_dir, tmp_path):
@@ -67,15 +54,6 @@ def test_meta_prompt_renders_templates_and_judge_sees_plain_prompt(tiny_model_di
     judged = [c for c in calls if "<answer>" in c and plain in c]
     assert judged and all("Ignore it." not in c and "Beware" not in c for c in judged)
     assert metrics(log)["esr_rate[ignore_label]"] == 1.0
-
-
-def orthonormal_relu_sae(folder, d_sae: int = 16):
-    """An SAE whose clamp is exact: W_enc = W_dec^T with orthonormal rows, no biases."""
-    from sae_lens import StandardSAE, StandardSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
-
-    sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=d_sae, metadata=SAEMetadata(hook_name="model.layers.2")))
-    return save_orthonormal(sae, folder, seed=3)
 
 
 def test_detector_ablation_reads_zero_at_the_layer(tiny_model_dir, tmp_path):

@@ -220,7 +220,7 @@ def test_shipped_vocabulary_is_a_list_of_distinct_topics() -> None:
 
 
 def test_latents_sampled_lists_what_the_task_samples(tiny_model_dir, tmp_path, capsys):
-    from conftest import write_random_sae
+    from helpers import write_random_sae
 
     from esr_eval.cli import main
     from esr_eval.sampling.latents import sample_latents
