@@ -214,6 +214,27 @@ def test_eval_yaml_lists_every_task_with_its_version_and_sample_count():
     assert all(isinstance(t["version"], str) and t["version"] for t in listing["tasks"])
 
 
+def test_eval_yaml_versions_changelog_and_assets():
+    """Versions in the inspect_evals "N-X" form, a changelog entry for each, packaged assets that exist."""
+    from pathlib import Path
+
+    from esr_eval.tasks.setup import EVAL_YAML, VERSION_FORM, task_version
+
+    listing = yaml.safe_load(EVAL_YAML.read_text())
+    versions = {t["name"]: t["version"] for t in listing["tasks"]}
+    assert all(VERSION_FORM.fullmatch(v) for v in [listing["version"], *versions.values()])
+    assert listing["version"] == versions["steering_resistance"] == task_version("steering_resistance")
+    logged = {(c["version"], name.strip()) for c in listing["changelog"] for name in c["tasks"].split(",")}
+    for name, version in versions.items():
+        assert (version, name) in logged or (version, "ESR tasks") in logged, f"no changelog entry for {name} {version}"
+    assert listing["contributors"]
+    root = Path(__file__).parent.parent
+    for asset in listing["external_assets"]:
+        assert {"type", "source", "fetch_method", "state"} <= set(asset)
+        if asset["type"] == "package":
+            assert (root / asset["source"]).is_dir(), asset["source"]
+
+
 def test_logs_carry_the_task_version(tiny_model_dir, tiny_sae_dir, tmp_path):
     from esr_eval.tasks.setup import task_version
 
