@@ -200,6 +200,7 @@ def test_read_outs_wait_for_a_generating_batch(tiny_model_dir, tiny_sae_dir, tmp
 def test_eval_yaml_lists_every_task_with_its_version_and_sample_count():
     from inspect_ai._util.registry import registry_find
 
+    import esr_eval._registry  # noqa: F401  (every task registered, whichever test modules ran first)
     from esr_eval.config import TaskArgs
     from esr_eval.tasks.setup import EVAL_YAML
 
