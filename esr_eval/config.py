@@ -31,7 +31,7 @@ LM_EVAL_TASK = "esr_mc"  # the packaged multiple-choice task (esr_eval/assets/lm
 
 @dataclass(frozen=True)
 class Generation:
-    """Sampling settings of steered answers (METHOD.md: temperature 0.6, repetition penalty 1.1;
+    """Sampling settings of steered answers (docs/method.md: temperature 0.6, repetition penalty 1.1;
     the answer budget is 384 tokens here against the paper's 512, for CPU run time)."""
 
     max_tokens: int = 384
@@ -66,7 +66,7 @@ class ConceptFilter:
 CONCEPT_FILTER = ConceptFilter()
 @dataclass(frozen=True)
 class Continuation:
-    """The continuation controls (prefill_detection, matched_prefix): METHOD.md's v2 section."""
+    """The continuation controls (prefill_detection, matched_prefix): docs/method.md, "The paper's v2 controls"."""
 
     prefix_tokens: int = 48  # prefill: the prefix is the most whole sentences within this budget
     max_first_score: float = 30.0  # prefill: the source answer went off topic (first attempt <= this)

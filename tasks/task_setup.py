@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,11 +46,18 @@ from esr_eval.steering.presets import (
 EVAL_YAML = Path(__file__).parent / "eval.yaml"
 
 
+# "N-X", as inspect_evals writes it: N moves when results stop being comparable, X when the interface changes
+VERSION_FORM = re.compile(r"[1-9][0-9]*-[A-Z]+")
+
+
 @functools.cache
 def task_version(name: str) -> str:
-    """The task's version in eval.yaml (the one place versions are written)."""
+    """The task's version in eval.yaml (the one place versions are written), in the "N-X" form."""
     listing = yaml.safe_load(EVAL_YAML.read_text())
-    return str(next(t["version"] for t in listing["tasks"] if t["name"] == name))
+    version = str(next(t["version"] for t in listing["tasks"] if t["name"] == name))
+    if not VERSION_FORM.fullmatch(version):
+        raise ValueError(f"{EVAL_YAML}: version {version!r} of task {name} is not in the N-X form (e.g. 2-A)")
+    return version
 
 
 def model_finetune_info(source: str) -> FinetuneInfo | None:

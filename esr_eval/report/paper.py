@@ -1,4 +1,4 @@
-"""The paper's published figures (METHOD.md) and the presets' parameter counts."""
+"""The paper's published figures (docs/method.md) and the presets' parameter counts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Latent sampling (METHOD.md): 3x candidates, drop unlabelled and dead latents, drop latents
+"""Latent sampling (docs/method.md): 3x candidates, drop unlabelled and dead latents, drop latents
 relevant to any prompt, keep only concepts worth steering: offline by default (token share and
 context coherence from `latent_stats.json`, see `training/sae/concepts.py`), or by an LLM's
 concreteness rating of each label."""

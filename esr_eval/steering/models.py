@@ -48,7 +48,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, placement: str | dict | None 
     """The dtype asked for, else the default: bfloat16 (config.DEFAULT_DTYPE) where the hardware
     computes in it, float16 on a GPU without bfloat16, and float32 on a CPU without bfloat16
     instructions (AVX512-BF16 or AMX), where bfloat16 matmuls are emulated: measured 5.6x slower
-    than float32 on a 2-core AVX2 machine (docs/notes/engine.md)."""
+    than float32 on a 2-core AVX2 machine (docs/benchmarks.md)."""
     from esr_eval.config import DEFAULT_DTYPE
 
     if dtype is not None:

@@ -27,6 +27,7 @@ from esr_eval.judge_tools.validation import (
 from esr_eval.judge_tools.validation_build import attempts_from_boundaries
 from esr_eval.judge_tools.validation_set import ValidationRow
 from esr_eval.tasks.judge_validation import judge_validation
+from esr_eval.tasks.setup import task_version
 
 PROMPT = "Explain how to brew coffee with a French press."
 LABEL = "volcanoes"
@@ -119,7 +120,7 @@ def test_task_metrics_are_exact(set_file: Path, tmp_path: Path) -> None:
     assert scores["ROW-A"].metadata["judge_faults"] == []  # "..." shortens a quote; the texts are in the answer
     assert scores["ROW-G"].value["judge_error"] == 1.0 and scores["ROW-G"].value["judged_attempts"] == -1.0
     assert scores["ROW-A"].metadata["grader"] == "mockllm/model"
-    assert log.eval.task_version == "1.0.0" or log.eval.task_version == 1  # read from tasks/eval.yaml
+    assert log.eval.task_version == task_version("judge_validation") == "1-A"  # read from tasks/eval.yaml
     assert log.eval.metadata["rows"] == 7 and log.eval.metadata["split"] == "test"
 
 

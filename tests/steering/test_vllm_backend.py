@@ -179,7 +179,7 @@ def test_a_failing_clamp_hook_reports_instead_of_raising_inside_vllm():
 # ---------------------------------------------------------------- both backends on the embedded model
 needs_vllm = pytest.mark.skipif(
     not (vllm_backend.installed("vllm") and vllm_backend.installed("vllm_lens")),
-    reason='vllm and vllm-lens are not installed: `pip install "esr-eval[vllm]"` (GPU) or the CPU recipe in docs/notes/vllm.md',
+    reason='vllm and vllm-lens are not installed: `pip install "esr-eval[vllm]"` (GPU) or the CPU recipe in docs/engines.md',
 )
 
 

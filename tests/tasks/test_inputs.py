@@ -192,6 +192,7 @@ def test_read_outs_wait_for_a_generating_batch(tiny_model_dir, tiny_sae_dir, tmp
 def test_eval_yaml_lists_every_task_with_its_version_and_sample_count():
     from inspect_ai._util.registry import registry_find
 
+    import esr_eval._registry  # noqa: F401  (every task registered, whichever test modules ran first)
     from esr_eval.config import TaskArgs
     from esr_eval.tasks.task_setup import EVAL_YAML
 
@@ -204,6 +205,27 @@ def test_eval_yaml_lists_every_task_with_its_version_and_sample_count():
     assert counts["steering_resistance"] == counts["no_steering"] == default_trials
     assert counts["boost_sweep"] == 8 * default_trials and counts["meta_prompt"] == 4 * default_trials
     assert all(isinstance(t["version"], str) and t["version"] for t in listing["tasks"])
+
+
+def test_eval_yaml_versions_changelog_and_assets():
+    """Versions in the inspect_evals "N-X" form, a changelog entry for each, packaged assets that exist."""
+    from pathlib import Path
+
+    from esr_eval.tasks.setup import EVAL_YAML, VERSION_FORM, task_version
+
+    listing = yaml.safe_load(EVAL_YAML.read_text())
+    versions = {t["name"]: t["version"] for t in listing["tasks"]}
+    assert all(VERSION_FORM.fullmatch(v) for v in [listing["version"], *versions.values()])
+    assert listing["version"] == versions["steering_resistance"] == task_version("steering_resistance")
+    logged = {(c["version"], name.strip()) for c in listing["changelog"] for name in c["tasks"].split(",")}
+    for name, version in versions.items():
+        assert (version, name) in logged or (version, "ESR tasks") in logged, f"no changelog entry for {name} {version}"
+    assert listing["contributors"]
+    root = Path(__file__).parent.parent
+    for asset in listing["external_assets"]:
+        assert {"type", "source", "fetch_method", "state"} <= set(asset)
+        if asset["type"] == "package":
+            assert (root / asset["source"]).is_dir(), asset["source"]
 
 
 def test_logs_carry_the_task_version(tiny_model_dir, tiny_sae_dir, tmp_path):

@@ -46,7 +46,7 @@ from esr_eval.steering.models import merged_folder, plain_folder, resolve_dtype
 from esr_eval.steering.presets import get_preset, resolve_model
 
 PIP_INSTALL = 'pip install "esr-eval[vllm]"'
-CPU_RECIPE = "the README's vLLM section has the CPU recipe"
+CPU_RECIPE = "the CPU recipe is in docs/engines.md, section On a CPU"
 SERVER_TIMEOUT_S = 3600.0
 READ_ROWS = 64  # rows per read-out call: bounds the residuals a worker holds at once
 
