@@ -3,7 +3,7 @@
 # calibrated threshold), boost_sweep (5 levels from mean-2sd to mean+2sd of the thresholds, so
 # drifting and degenerate text are well represented) and no_steering, two seeds per model whose
 # latents are not those of the judge-validation set. Then harvest them:
-#   python -m esr_eval.judge.negatives harvest LOGDIR/*.eval
+#   python -m esr_eval.judge_tools.negatives harvest LOGDIR/*.eval
 # Usage: generate.sh LOGDIR   (about 1 h on 2 CPU cores)
 set -euo pipefail
 out=${1:?usage: generate.sh LOGDIR}
