@@ -27,7 +27,7 @@ from esr_eval.judge_tools.validation import (
 from esr_eval.judge_tools.validation_build import attempts_from_boundaries
 from esr_eval.judge_tools.validation_set import ValidationRow
 from esr_eval.tasks.judge_validation import judge_validation
-from esr_eval.tasks.setup import task_version
+from esr_eval.tasks.task_setup import task_version
 
 PROMPT = "Explain how to brew coffee with a French press."
 LABEL = "volcanoes"

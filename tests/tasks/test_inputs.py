@@ -211,7 +211,7 @@ def test_eval_yaml_versions_changelog_and_assets():
     """Versions in the inspect_evals "N-X" form, a changelog entry for each, packaged assets that exist."""
     from pathlib import Path
 
-    from esr_eval.tasks.setup import EVAL_YAML, VERSION_FORM, task_version
+    from esr_eval.tasks.task_setup import EVAL_YAML, VERSION_FORM, task_version
 
     listing = yaml.safe_load(EVAL_YAML.read_text())
     versions = {t["name"]: t["version"] for t in listing["tasks"]}
@@ -221,7 +221,7 @@ def test_eval_yaml_versions_changelog_and_assets():
     for name, version in versions.items():
         assert (version, name) in logged or (version, "ESR tasks") in logged, f"no changelog entry for {name} {version}"
     assert listing["contributors"]
-    root = Path(__file__).parent.parent
+    root = Path(__file__).resolve().parents[2]  # the repository
     for asset in listing["external_assets"]:
         assert {"type", "source", "fetch_method", "state"} <= set(asset)
         if asset["type"] == "package":
