@@ -1,6 +1,7 @@
 """The positive control (esr_eval/assets/positive_control): its committed evidence meets the
 criteria and passes the CI gate; the preset loads offline from the package, refuses its training
-latents, and the CI run's cache keys find the committed thresholds (no recalibration in CI)."""
+latents, and the CI run's cache keys find the committed thresholds (no recalibration in CI); the
+mechanism evidence (stage 5) shows detection in the control and not in its base."""
 
 from __future__ import annotations
 
@@ -43,6 +44,16 @@ def test_the_ci_latents_are_held_out_evidence_latents() -> None:
     [path] = newest_log_files([str(EVIDENCE / "resist-steered")])
     evaluated = {s.metadata["latent"] for s in read_log(path).samples}
     assert set(CI_LATENTS) <= evaluated and not set(CI_LATENTS) & trained
+
+
+def test_the_mechanism_evidence_shows_detection_in_the_control_only() -> None:
+    """Stage 5: handed its own off-topic starts, the control restarts in the unsteered
+    continuation far more often than its base does with its own (bounds apart)."""
+    control, base = evidence("prefill/smollm2-135m-resist"), evidence("prefill/smollm2-135m")
+    assert base["n[plain]"] >= 30 and control["n[plain]"] >= 30
+    assert control["restart_rate[plain]_ci_low"] > base["restart_rate[plain]_ci_high"]
+    detectors = json.loads((HERE / "detectors.json").read_text())
+    assert detectors["rule"] == "strict" and detectors["latents"] == []  # none found: reported as such
 
 
 @pytest.mark.slow
