@@ -18,3 +18,18 @@ inspect eval esr_eval/prefill_detection --model steered/smollm2-135m-resist -T s
     -T detectors=$here/detectors_auc.json --display plain --log-dir $here/logs/prefill/smollm2-135m-resist
 inspect eval esr_eval/prefill_detection --model steered/smollm2-135m -T source=$here/logs/base-steered \
     --display plain --log-dir $here/logs/prefill/smollm2-135m
+# the ablation counts beside the unablated evidence on the same 40 samples (the README table)
+python -c "
+from esr_eval.results.logs import newest_log_files, read_log, sample_latent
+here = 'esr_eval/assets/positive_control'
+ci = {int(k) for k in open(here + '/ci_latents.txt').read().split(',')}
+def show(name, samples):
+    v = [s.scores['attempts_judge'].value for s in samples]
+    print(f'{name}: multi-attempt {sum(x[\"multi_attempt\"] for x in v):.0f}/{len(v)}, ESR {sum(x[\"esr\"] for x in v):.0f}/{len(v)}')
+[evidence] = newest_log_files([here + '/logs/resist-steered'])
+show('unablated', [s for s in read_log(evidence).samples if sample_latent(s) in ci])
+for path in newest_log_files([here + '/logs/ablation']):
+    samples = read_log(path).samples
+    for j in sorted({s.metadata.get('control_set') for s in samples}, key=str):
+        show(f'{path.split(\"_\")[-2]} set {j}', [s for s in samples if s.metadata.get('control_set') == j])
+"
