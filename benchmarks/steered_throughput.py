@@ -3,15 +3,18 @@
   python benchmarks/steered_throughput.py [--model smollm2-135m] [--skip-eval] [--gpu]
 
 On the embedded model (CPU) it prints:
-  1. the default eval (`inspect eval esr_eval/steering_resistance`, no flags, a fresh threshold
-     cache, run as a child process): its wall time (goal < 4 min), its generated tokens per second
-     against Hugging Face `generate`'s bf16 batch-64 tokens per second (goal >= 0.5; also against
-     `generate` in the default dtype where that is not bf16, i.e. on CPUs without bf16), and its
-     peak resident memory (goal < 2.5 GB);
+  1. the default eval (`inspect eval esr_eval/steering_resistance`, no flags, in a child process)
+     twice over one new threshold cache, neither reading the thresholds shipped with the package:
+     first with every threshold calibrated (goal < 4 min wall, start-up included), then with all
+     of them cached (goal < 2 min); the cached run's generated tokens per second against Hugging
+     Face `generate`'s bf16 batch-64 tokens per second (goal >= 0.5; also against `generate` in the
+     default dtype where that is not bf16, i.e. on CPUs without bf16); the peak resident memory of
+     either run (goal < 2.5 GB);
   2. for each backend (hf; vllm when vLLM and its backend import): steered / unsteered tokens/s
-     on the same batch (goal >= 0.9), and the vLLM backend against the HF backend;
+     on the same batch of 1, 16 and 64 rows, every row steered (goal >= 0.9), and the vLLM backend
+     against the HF backend;
   3. 16 concurrent samples of an Inspect eval through the `steered` provider against the same 16
-     requests one at a time (goal >= 6x);
+     requests one at a time (goal >= 6x), both on engines already loaded;
   4. the HF engine's own batch-64 tokens/s against HF `generate` on the same batch.
 With --gpu it runs `benchmarks/gpu_throughput.py` instead (random-weight Llamas on the GPU, only
 torch and transformers needed; the arguments after --gpu go to it).
@@ -89,32 +92,59 @@ def engine_rates(lm, batch: int, tokens: int, steer_value: float, steered: bool 
     return rate(lambda: run(False)), rate(lambda: run(True)) if steered else None
 
 
-def default_eval(log_dir: Path) -> dict:
-    """The no-flag eval in a child process with a fresh threshold cache (the converted model
-    folder is shared, as after a first run)."""
+# the eval in a child process; with `fresh`, thresholds shipped with the package are not read
+EVAL_CHILD = """
+import atexit, resource, sys
+from pathlib import Path
+peak_file = Path(sys.argv[3])
+atexit.register(lambda: peak_file.write_text(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))
+from esr_eval.calibration import cache
+if sys.argv[1] == "no-shipped":
+    cache.shipped_threshold_files = lambda: []
+from inspect_ai._cli.main import main
+sys.argv = ["inspect", "eval", "esr_eval/steering_resistance", "--log-dir", sys.argv[2]]
+main()
+"""
+
+
+def default_eval(cache: Path, log_dir: Path, shipped: bool) -> dict:
+    """The no-flag eval in a child process over the threshold cache in `cache` (the converted
+    model folder is shared, as after a first run); without `shipped`, thresholds shipped with the
+    package are not read either."""
     from inspect_ai.log import list_eval_logs, read_eval_log
 
-    from esr_eval.steering.models import cache_dir
-
-    cache = Path(tempfile.mkdtemp(prefix="esr-bench-cache-"))
-    models = cache_dir() / "models"
-    if models.exists():
-        (cache / "models").symlink_to(models.resolve())
     env = {**os.environ, "ESR_EVAL_CACHE": str(cache), "INSPECT_DISPLAY": "none"}
-    inspect = shutil.which("inspect") or str(Path(sys.executable).parent / "inspect")
     start = time.perf_counter()
-    proc = subprocess.run([inspect, "eval", "esr_eval/steering_resistance", "--log-dir", str(log_dir)], env=env, capture_output=True, text=True)
+    peak_file = log_dir / "peak_rss_kib"
+    proc = subprocess.run([sys.executable, "-c", EVAL_CHILD, "shipped" if shipped else "no-shipped", str(log_dir), str(peak_file)],
+                          env=env, capture_output=True, text=True)  # fmt: skip
     wall = time.perf_counter() - start
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if proc.returncode != 0:
         raise SystemExit(f"the default eval failed:\n{proc.stderr[-3000:]}")
+    peak_kib = int(peak_file.read_text())
     log = read_eval_log(list_eval_logs(str(log_dir))[0].name)
     if log.status != "success":
         raise SystemExit(f"the default eval ended {log.status}: {log.error}")
     usage = {name: u for name, u in log.stats.model_usage.items() if name.startswith("steered/")}
     tokens = sum(u.output_tokens for u in usage.values())
+    thresholds = cache / "thresholds.jsonl"
+    cached = len(thresholds.read_text().splitlines()) if thresholds.exists() else 0
+    return {"wall": wall, "tokens": tokens, "peak_gib": peak_kib / 2**20, "samples": len(log.samples or []), "cached": cached}
+
+
+def default_evals() -> tuple[dict, dict]:
+    """(fresh, cached): the eval with an empty threshold cache and no shipped thresholds, then
+    again over the cache the first run filled."""
+    cache = Path(tempfile.mkdtemp(prefix="esr-bench-cache-"))
+    from esr_eval.steering.models import cache_dir
+
+    models = cache_dir() / "models"
+    if models.exists():
+        (cache / "models").symlink_to(models.resolve())
+    runs = tuple(default_eval(cache, Path(tempfile.mkdtemp(prefix="esr-bench-eval-")), shipped=False) for _ in range(2))
+    # the second run finds every threshold the first wrote to its cache
     shutil.rmtree(cache, ignore_errors=True)
-    return {"wall": wall, "tokens": tokens, "peak_gib": peak_kib / 2**20, "samples": len(log.samples or [])}
+    return runs  # type: ignore[return-value]
 
 
 def inspect_concurrency(lm, model: str, batch: int, tokens: int) -> tuple[float, float]:
@@ -138,11 +168,16 @@ def inspect_concurrency(lm, model: str, batch: int, tokens: int) -> tuple[float,
         return solve
 
     samples = [Sample(input=PROMPTS[i % len(PROMPTS)], id=i, metadata={"latent": k, "seed": i}) for i, k in enumerate(latents)]
-    start = time.perf_counter()
-    log = eval(Task(dataset=samples, solver=steer_each()), model=f"steered/{model}", model_args={"max_batch_size": batch},
-               max_connections=batch, log_dir=tempfile.mkdtemp(prefix="esr-bench-logs-"), display="none")[0]  # fmt: skip
-    concurrent = time.perf_counter() - start
-    assert log.status == "success", log.error
+
+    def run_eval(dataset: list[Sample]) -> float:
+        start = time.perf_counter()
+        log = eval(Task(dataset=dataset, solver=steer_each()), model=f"steered/{model}", model_args={"max_batch_size": batch},
+                   max_connections=batch, log_dir=tempfile.mkdtemp(prefix="esr-bench-logs-"), display="none")[0]  # fmt: skip
+        assert log.status == "success", log.error
+        return time.perf_counter() - start
+
+    run_eval(samples[:2])  # the provider loads its engine (its own, for this batch size) outside the timing, as `lm` was
+    concurrent = run_eval(samples)
     start = time.perf_counter()
     for i, k in enumerate(latents):
         lm.generate([GenerationRequest([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], (Intervention(k, 40.0),), tokens, 0.0, seed=i)])
@@ -158,8 +193,10 @@ def cpu_main(args: argparse.Namespace) -> None:
 
     print(f"machine: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} at start")
     if not args.skip_eval:
-        run = default_eval(Path(tempfile.mkdtemp(prefix="esr-bench-eval-")))
-        print(f"  default eval: {run['samples']} samples, {run['tokens']} tokens generated in {run['wall']:.0f} s")
+        fresh, run = default_evals()
+        for name, r in (("fresh thresholds", fresh), ("thresholds cached", run)):
+            print(f"  default eval, {name}: {r['samples']} samples, {r['tokens']} tokens in scored answers, {r['wall']:.0f} s, "
+                  f"peak RSS {r['peak_gib']:.2f} GB, {r['cached']} thresholds in the cache after it")  # fmt: skip
     lm = load_engine(args.model)  # the default dtype, as the eval's
     rows = [lm.prompt_ids([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]) for i in range(64)]
     bf16 = lm if lm.dtype == "bfloat16" else load_engine(args.model, dtype="bfloat16")
@@ -174,8 +211,9 @@ def cpu_main(args: argparse.Namespace) -> None:
         print(f"default eval tokens/s / HF generate bf16 batch-64 tokens/s: {eval_rate / hf64_bf16:.2f}  (goal >= 0.5; eval {eval_rate:.1f} tok/s, {lm.dtype})")
         if hf64 != hf64_bf16:
             print(f"default eval tokens/s / HF generate {lm.dtype} batch-64 tokens/s: {eval_rate / hf64:.2f}")
-        print(f"default eval wall time: {run['wall'] / 60:.1f} min  (goal < 4)")
-        print(f"default eval peak RSS: {run['peak_gib']:.2f} GB  (goal < 2.5)")
+        print(f"default eval wall time, fresh thresholds: {fresh['wall'] / 60:.1f} min  (goal < 4)")
+        print(f"default eval wall time, thresholds cached: {run['wall'] / 60:.1f} min  (goal < 2)")
+        print(f"default eval peak RSS: {max(fresh['peak_gib'], run['peak_gib']):.2f} GB  (goal < 2.5)")
 
     engine64, _ = engine_rates(lm, 64, args.tokens, 40.0, steered=False)
     print(f"HF engine / HF generate, batch 64 {lm.dtype} unsteered tokens/s: {engine64 / hf64:.2f}")
@@ -184,10 +222,11 @@ def cpu_main(args: argparse.Namespace) -> None:
     plain_rates = {}
     for name in backends:
         engine = lm if name == "hf" else load_engine(args.model, dtype=lm.dtype, engine=name)
-        plain, steered = engine_rates(engine, args.batch, args.tokens, 40.0)
-        plain_rates[name] = plain
-        print(f"  {name} engine {engine.dtype} batch {args.batch}: unsteered {plain:.1f} tok/s, steered {steered:.1f} tok/s")
-        print(f"{name} steered / unsteered batch tokens/s: {steered / plain:.2f}  (goal >= 0.9)")
+        for batch in args.batches:
+            plain, steered = engine_rates(engine, batch, args.tokens, 40.0)
+            plain_rates.setdefault(name, plain)
+            print(f"  {name} engine {engine.dtype} batch {batch}: unsteered {plain:.1f} tok/s, steered {steered:.1f} tok/s")
+            print(f"{name} steered / unsteered tokens/s, batch {batch}, every row steered: {steered / plain:.2f}  (goal >= 0.9)")
     if "vllm" in plain_rates:
         print(f"vllm / hf backend tokens/s, same requests: {plain_rates['vllm'] / plain_rates['hf']:.2f}")
     else:
@@ -203,8 +242,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per row in the engine and HF generate rows")
-    parser.add_argument("--batch", type=int, default=16, help="batch of the steered / unsteered rows")
-    parser.add_argument("--skip-eval", action="store_true", help="leave out the default eval (about 4 minutes)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64], help="batches of the steered / unsteered rows")
+    parser.add_argument("--skip-eval", action="store_true", help="leave out the two default evals (about 5 minutes)")
     parser.add_argument("--gpu", action="store_true", help="run benchmarks/gpu_throughput.py (the arguments after --gpu go to it)")
     if "--gpu" in sys.argv:
         import runpy
