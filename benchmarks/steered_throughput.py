@@ -92,7 +92,7 @@ def engine_rates(lm, batch: int, tokens: int, steer_value: float, steered: bool 
     return rate(lambda: run(False)), rate(lambda: run(True)) if steered else None
 
 
-# the eval in a child process; with `fresh`, thresholds shipped with the package are not read
+# the eval in a child process; with "no-shipped" it reads no thresholds shipped with the package
 EVAL_CHILD = """
 import atexit, resource, sys
 from pathlib import Path
