@@ -92,31 +92,29 @@ def engine_rates(lm, batch: int, tokens: int, steer_value: float, steered: bool 
     return rate(lambda: run(False)), rate(lambda: run(True)) if steered else None
 
 
-# the eval in a child process; with "no-shipped" it reads no thresholds shipped with the package
+# the eval in a child process that reads no thresholds shipped with the package
 EVAL_CHILD = """
 import atexit, resource, sys
 from pathlib import Path
-peak_file = Path(sys.argv[3])
+peak_file = Path(sys.argv[2])
 atexit.register(lambda: peak_file.write_text(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))
 from esr_eval.calibration import cache
-if sys.argv[1] == "no-shipped":
-    cache.shipped_threshold_files = lambda: []
+cache.shipped_threshold_files = lambda: []
 from inspect_ai._cli.main import main
-sys.argv = ["inspect", "eval", "esr_eval/steering_resistance", "--log-dir", sys.argv[2]]
+sys.argv = ["inspect", "eval", "esr_eval/steering_resistance", "--log-dir", sys.argv[1]]
 main()
 """
 
 
-def default_eval(cache: Path, log_dir: Path, shipped: bool) -> dict:
-    """The no-flag eval in a child process over the threshold cache in `cache` (the converted
-    model folder is shared, as after a first run); without `shipped`, thresholds shipped with the
-    package are not read either."""
+def default_eval(cache: Path, log_dir: Path) -> dict:
+    """The no-flag eval in a child process over the threshold cache in `cache` alone (the
+    converted model folder is shared, as after a first run)."""
     from inspect_ai.log import list_eval_logs, read_eval_log
 
     env = {**os.environ, "ESR_EVAL_CACHE": str(cache), "INSPECT_DISPLAY": "none"}
     start = time.perf_counter()
     peak_file = log_dir / "peak_rss_kib"
-    proc = subprocess.run([sys.executable, "-c", EVAL_CHILD, "shipped" if shipped else "no-shipped", str(log_dir), str(peak_file)],
+    proc = subprocess.run([sys.executable, "-c", EVAL_CHILD, str(log_dir), str(peak_file)],
                           env=env, capture_output=True, text=True)  # fmt: skip
     wall = time.perf_counter() - start
     if proc.returncode != 0:
@@ -141,7 +139,7 @@ def default_evals() -> tuple[dict, dict]:
     models = cache_dir() / "models"
     if models.exists():
         (cache / "models").symlink_to(models.resolve())
-    runs = tuple(default_eval(cache, Path(tempfile.mkdtemp(prefix="esr-bench-eval-")), shipped=False) for _ in range(2))
+    runs = tuple(default_eval(cache, Path(tempfile.mkdtemp(prefix="esr-bench-eval-")), ) for _ in range(2))
     # the second run finds every threshold the first wrote to its cache
     shutil.rmtree(cache, ignore_errors=True)
     return runs  # type: ignore[return-value]
@@ -195,7 +193,7 @@ def cpu_main(args: argparse.Namespace) -> None:
     if not args.skip_eval:
         fresh, run = default_evals()
         for name, r in (("fresh thresholds", fresh), ("thresholds cached", run)):
-            print(f"  default eval, {name}: {r['samples']} samples, {r['tokens']} tokens in scored answers, {r['wall']:.0f} s, "
+            print(f"  default eval, {name}: {r['samples']} samples, {r['tokens']} tokens generated, {r['wall']:.0f} s, "
                   f"peak RSS {r['peak_gib']:.2f} GB, {r['cached']} thresholds in the cache after it")  # fmt: skip
     lm = load_engine(args.model)  # the default dtype, as the eval's
     rows = [lm.prompt_ids([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]) for i in range(64)]

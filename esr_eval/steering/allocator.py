@@ -3,8 +3,8 @@
 glibc's malloc raises its mmap threshold to the size of each large block freed (up to 32 MiB).
 From then on blocks below that size come from the heap, and a heap freed behind one live small
 object stays resident. A decode loop whose KV cache grows by one column a step frees and
-reallocates blocks of a few MiB every step, so the default eval held 2.5-2.7 GB at its peak with
-about 1.4 GB live (`benchmarks/steered_throughput.py` prints the peak). Fixing the thresholds keeps
+reallocates blocks of a few MiB every step, so the default eval peaked at 2.4-2.7 GiB, against
+1.4-1.5 GiB with the fix (`benchmarks/steered_throughput.py` prints the peak). Fixing the thresholds keeps
 every block above 128 KiB in a mapping of its own, unmapped when freed. torch has no option for
 its CPU allocator, and glibc reads `MALLOC_MMAP_THRESHOLD_` only at process start, hence `mallopt`.
 """

@@ -69,7 +69,6 @@ def load_spec(spec: EngineSpec) -> SteeringEngine:
 
 def load_unsteered_engine(model: str, dtype: str | None = None, device: str = "cpu") -> SteeringEngine:
     """An engine with no dictionary, for unsteered answers (a preset's SAE is not loaded)."""
-    from esr_eval.steering.allocator import return_freed_memory
     from esr_eval.steering.backends.hf import HFEngine
     from esr_eval.steering.models import apply_adapter, load_causal_lm, resolve_dtype
     from esr_eval.steering.presets import get_preset
@@ -78,7 +77,6 @@ def load_unsteered_engine(model: str, dtype: str | None = None, device: str = "c
     if preset is None:
         return load_engine(model, dtype=dtype, device=device)
     device_map, dtype = preset.placement(None, dtype, device)
-    return_freed_memory()
     lm, tokenizer = load_causal_lm(preset.model_source(), dtype=resolve_dtype(dtype, device_map or device), device=device, device_map=device_map)
     if preset.adapter:
         lm = apply_adapter(lm, preset.adapter)

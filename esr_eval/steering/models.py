@@ -179,6 +179,9 @@ def load_causal_lm(
     ("auto", "balanced", "sequential" or module -> device) accelerate places the layers over the
     devices (GPUs first, then CPU, then disk), each device holding at most its `max_memory`;
     without one the whole model goes to `device`."""
+    from esr_eval.steering.allocator import return_freed_memory
+
+    return_freed_memory()  # before the weights load: their conversion frees large blocks too
     dtype = parse_dtype(dtype)
     if max_memory and device_map is None:
         device_map = "auto"

@@ -28,8 +28,8 @@ print(applied, anon_mib() - before)
 """
 
 
-def retained_mib(mode: str, env: dict | None = None) -> tuple[str, int]:
-    out = subprocess.run([sys.executable, "-c", PATTERN, mode], capture_output=True, text=True, check=True, env=env).stdout.split()
+def retained_mib(mode: str) -> tuple[str, int]:
+    out = subprocess.run([sys.executable, "-c", PATTERN, mode], capture_output=True, text=True, check=True).stdout.split()
     return out[0], int(out[1])
 
 

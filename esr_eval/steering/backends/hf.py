@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from esr_eval.steering.allocator import return_freed_memory
 from esr_eval.steering.backends.hf_batch import DecodeBatch, DecodeRow, cache_can_merge
 from esr_eval.steering.dictionary import FeatureDictionary, load_dictionary
 from esr_eval.steering.engine import (
@@ -97,7 +96,6 @@ class HFEngine(SteeringEngine):
         name, a folder or a sae-lens RELEASE/SAE_ID (a preset brings its own). `device_map`
         ("auto", or module -> device) with optional `max_memory` (device -> size) shards the model
         over several devices with accelerate; a preset may choose them (see `Preset`)."""
-        return_freed_memory()  # before the weights load: their conversion frees large blocks too
         preset = get_preset(source)
         if preset is not None:
             device_map, dtype = preset.placement(device_map, dtype, device)
