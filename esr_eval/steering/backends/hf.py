@@ -163,12 +163,12 @@ class HFEngine(SteeringEngine):
         return DecodeRow(request, self.prompt_ids(request.messages), self._check(request), torch.Generator(device="cpu").manual_seed(seed), done)
 
     def _prefill(self, rows: list[DecodeRow]) -> DecodeBatch:
-        from transformers import DynamicCache
+        from esr_eval.steering.backends.hf_cache import growing_cache
 
         prompts = [r.prompt for r in rows]
         ids, mask = self._left_pad(prompts)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        cache = DynamicCache(config=self.model.config)
+        cache = growing_cache(self.model.config)
         steering = BatchSteering.build([r.request.interventions for r in rows], [r.dictionary for r in rows], self._dtype())
         with self.hooks.active(steering):
             logits = self._forward(ids, mask, positions, cache, last_only=True).logits[:, -1]

@@ -55,8 +55,10 @@ def cache_can_merge(cache) -> bool:
     were prefilled apart; other layouts (linear attention states, ...) join only an empty batch."""
     from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
+    from esr_eval.steering.backends.hf_cache import GrowingLayer
+
     layers = getattr(cache, "layers", None)
-    return layers is not None and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
+    return layers is not None and all(type(layer) in (DynamicLayer, GrowingLayer, DynamicSlidingWindowLayer) for layer in layers)
 
 
 def merge_caches(a, b, width: int) -> None:
@@ -74,7 +76,13 @@ def merge_caches(a, b, width: int) -> None:
 def select_cache_rows(cache, rows: torch.Tensor, drop_columns: int, width: int) -> None:
     """Keep `rows` of the cache and drop its `drop_columns` leftmost columns (padding in every row
     kept); `width` is the new number of columns."""
+    from esr_eval.steering.backends.hf_cache import GrowingLayer
+
     for layer in _cache_layers(cache):
+        if isinstance(layer, GrowingLayer):
+            columns = layer.tensors()[0].shape[-2]
+            layer.keep_rows(rows, columns - min(columns, width) if drop_columns else 0)
+            continue
         keys, values = layer.keys[rows.to(layer.keys.device)], layer.values[rows.to(layer.values.device)]
         if drop_columns:
             keep = min(keys.shape[-2], width)
