@@ -6,16 +6,17 @@ On the embedded model (CPU) it prints:
   1. the default eval (`inspect eval esr_eval/steering_resistance`, no flags, in a child process)
      twice over one new threshold cache, neither reading the thresholds shipped with the package:
      first with every threshold calibrated (goal < 4 min wall, start-up included), then with all
-     of them cached (goal < 2 min); the cached run's generated tokens per second against Hugging
-     Face `generate`'s bf16 batch-64 tokens per second (goal >= 0.5; also against `generate` in the
-     default dtype where that is not bf16, i.e. on CPUs without bf16); the peak resident memory of
-     either run (goal < 2.5 GB);
+     of them cached (goal < 2 min); the cached run's generated tokens per second (whole wall time,
+     start-up and grading included) against Hugging Face `generate`'s batch-64 tokens per second in
+     the eval's dtype, run to the eval's answer budget (goal >= 0.5), and also at `--tokens` new
+     tokens; the peak resident memory of either run (goal < 2.5 GB);
   2. for each backend (hf; vllm when vLLM and its backend import): steered / unsteered tokens/s
      on the same batch of 1, 16 and 64 rows, every row steered (goal >= 0.9), and the vLLM backend
      against the HF backend;
   3. 16 concurrent samples of an Inspect eval through the `steered` provider against the same 16
      requests one at a time (goal >= 6x), both on engines already loaded;
-  4. the HF engine's own batch-64 tokens/s against HF `generate` on the same batch.
+  4. the HF engine's own batch-64 tokens/s against HF `generate` on the same batch, at `--tokens`
+     new tokens and at the eval's answer budget.
 With --gpu it runs `benchmarks/gpu_throughput.py` instead (random-weight Llamas on the GPU, only
 torch and transformers needed; the arguments after --gpu go to it).
 """
@@ -34,6 +35,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from esr_eval.config import GENERATION
 
 PROMPTS = [
     "Explain how to brew a good cup of coffee.",
@@ -75,7 +78,7 @@ def hf_generate_rate(model, tokenizer, rows: list[list[int]], new_tokens: int, r
     return rate(run, repeats)
 
 
-def engine_rates(lm, batch: int, tokens: int, steer_value: float, steered: bool = True) -> tuple[float, float | None]:
+def engine_rates(lm, batch: int, tokens: int, steer_value: float, steered: bool = True, repeats: int = 2) -> tuple[float, float | None]:
     """(unsteered, steered) tokens/s of the engine on the same greedy batch."""
     from esr_eval.steering.engine import GenerationRequest
     from esr_eval.steering.intervention import Intervention
@@ -83,13 +86,13 @@ def engine_rates(lm, batch: int, tokens: int, steer_value: float, steered: bool 
     width = lm.dictionary.d_sae
     messages = [[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}] for i in range(batch)]
 
-    def run(steer: bool) -> int:
-        reqs = [GenerationRequest(m, (Intervention((97 * i) % width, steer_value),) if steer else (), tokens, 0.0, seed=i)
+    def run(steer: bool, new_tokens: int = tokens) -> int:
+        reqs = [GenerationRequest(m, (Intervention((97 * i) % width, steer_value),) if steer else (), new_tokens, 0.0, seed=i)
                 for i, m in enumerate(messages)]  # fmt: skip
         return sum(r.completion_tokens for r in lm.generate(reqs))
 
-    run(False)  # warm-up
-    return rate(lambda: run(False)), rate(lambda: run(True)) if steered else None
+    run(False, min(tokens, 16))  # warm-up
+    return rate(lambda: run(False), repeats), rate(lambda: run(True), repeats) if steered else None
 
 
 # the eval in a child process that reads no thresholds shipped with the package
@@ -197,24 +200,26 @@ def cpu_main(args: argparse.Namespace) -> None:
                   f"peak RSS {r['peak_gib']:.2f} GB, {r['cached']} thresholds in the cache after it")  # fmt: skip
     lm = load_engine(args.model)  # the default dtype, as the eval's
     rows = [lm.prompt_ids([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]) for i in range(64)]
-    bf16 = lm if lm.dtype == "bfloat16" else load_engine(args.model, dtype="bfloat16")
-    hf64_bf16 = hf_generate_rate(bf16.model, bf16.tokenizer, rows, args.tokens, repeats=1 if bf16 is not lm else 2)
-    print(f"  HF generate bf16, batch 64, {args.tokens} new tokens: {hf64_bf16:.1f} tok/s")
-    hf64 = hf64_bf16 if bf16 is lm else hf_generate_rate(lm.model, lm.tokenizer, rows, args.tokens)
-    if bf16 is not lm:
-        print(f"  HF generate {lm.dtype} (the default dtype on this machine), batch 64, {args.tokens} new tokens: {hf64:.1f} tok/s")
-        del bf16
+    hf64 = hf_generate_rate(lm.model, lm.tokenizer, rows, args.tokens)
+    print(f"  HF generate {lm.dtype}, batch 64, {args.tokens} new tokens: {hf64:.1f} tok/s")
+    # the like-for-like reference: the eval's answers run to its token budget, and every decode
+    # step attends over all the tokens before it, so long answers make fewer tokens per second
+    budget = GENERATION.max_tokens
+    hf64_budget = hf_generate_rate(lm.model, lm.tokenizer, rows, budget, repeats=1)
+    print(f"  HF generate {lm.dtype}, batch 64, {budget} new tokens (the eval's answer budget): {hf64_budget:.1f} tok/s")
     if not args.skip_eval:
         eval_rate = run["tokens"] / run["wall"]
-        print(f"default eval tokens/s / HF generate bf16 batch-64 tokens/s: {eval_rate / hf64_bf16:.2f}  (goal >= 0.5; eval {eval_rate:.1f} tok/s, {lm.dtype})")
-        if hf64 != hf64_bf16:
-            print(f"default eval tokens/s / HF generate {lm.dtype} batch-64 tokens/s: {eval_rate / hf64:.2f}")
+        print(f"default eval tokens/s / HF generate batch-64 tokens/s at the eval's {budget}-token budget: "
+              f"{eval_rate / hf64_budget:.2f}  (goal >= 0.5; eval {eval_rate:.1f} tok/s over its whole wall time, {lm.dtype})")  # fmt: skip
+        print(f"default eval tokens/s / HF generate batch-64 tokens/s at {args.tokens} new tokens: {eval_rate / hf64:.2f}")
         print(f"default eval wall time, fresh thresholds: {fresh['wall'] / 60:.1f} min  (goal < 4)")
         print(f"default eval wall time, thresholds cached: {run['wall'] / 60:.1f} min  (goal < 2)")
         print(f"default eval peak RSS: {max(fresh['peak_gib'], run['peak_gib']):.2f} GB  (goal < 2.5)")
 
     engine64, _ = engine_rates(lm, 64, args.tokens, 40.0, steered=False)
-    print(f"HF engine / HF generate, batch 64 {lm.dtype} unsteered tokens/s: {engine64 / hf64:.2f}")
+    print(f"HF engine / HF generate, batch 64 {lm.dtype} unsteered tokens/s, {args.tokens} new tokens: {engine64 / hf64:.2f}")
+    engine64_budget, _ = engine_rates(lm, 64, budget, 40.0, steered=False, repeats=1)
+    print(f"HF engine / HF generate, batch 64 {lm.dtype} unsteered tokens/s, {budget} new tokens: {engine64_budget / hf64_budget:.2f}")
 
     backends = ["hf"] + (["vllm"] if vllm_available() else [])
     plain_rates = {}
