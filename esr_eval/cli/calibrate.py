@@ -9,7 +9,13 @@ if TYPE_CHECKING:
 
 import argparse
 
-from esr_eval.cli.common import add_model_args, console, model_args
+from esr_eval.cli.common import (
+    add_model_args,
+    check_latents_fit,
+    console,
+    latent_indices,
+    model_args,
+)
 from esr_eval.config import OFFLINE_GRADER, PROVIDER, TaskArgs
 
 
@@ -33,6 +39,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         "esr-eval calibrate",
     )
     prompts = prompt_texts(args.prompts)
+    check_latents_fit(args, args.latents)
     model = get_model(f"{PROVIDER}/{args.model}", **model_args(args))
     api = cast("SteeredModelAPI", model.api)  # a steered/ model
     engine = api.engine
@@ -76,7 +83,7 @@ def add_calibrate(sub) -> None:
     d = TaskArgs
     cmd = sub.add_parser("calibrate", help="find (and cache) each latent's boost threshold")
     add_model_args(cmd)
-    cmd.add_argument("--latents", help="comma-separated latents (default: sample --n-latents)")
+    cmd.add_argument("--latents", type=latent_indices, help="comma-separated latents (default: sample --n-latents)")
     cmd.add_argument("--n-latents", type=int, default=d.n_latents)
     cmd.add_argument("--prompts", help="prompt file (default: the packaged set)")
     cmd.add_argument("--grader", default=OFFLINE_GRADER, help="Inspect model that judges (default: offline grader)")

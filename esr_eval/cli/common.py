@@ -20,6 +20,28 @@ def add_model_args(parser: argparse.ArgumentParser, dtype: str | None = ModelArg
     parser.add_argument("--max-memory", help="per-device cap with --device-map, e.g. 0=70GiB,1=70GiB,cpu=200GiB")
 
 
+def latent_indices(text: str) -> list[int]:
+    """argparse type of `--latents 12,345`: the list, or a one-line error before any model loads."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    bad = [item for item in items if not item.lstrip("-").isdigit() or int(item) < 0]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(f"{text!r}: pass latent indices as comma-separated integers >= 0, e.g. 12,345")
+    return [int(item) for item in items]
+
+
+def check_latents_fit(args: argparse.Namespace, latents: list[int] | None, flag: str = "--latents") -> None:
+    """Latent indices against the width of the dictionary `--model`/`--dictionary` name, read from
+    its files before the model loads (a sae-lens release is checked once it has loaded)."""
+    from esr_eval.errors import UsageError
+    from esr_eval.steering.presets import dictionary_spec, local_dictionary_width
+
+    width = local_dictionary_width(dictionary_spec(args.model, args.dictionary)) if latents else None
+    outside = [k for k in latents or [] if width is not None and k >= width]
+    if outside and width is not None:
+        raise UsageError(f"{flag}: latent {outside[0]} is outside the dictionary (0..{width - 1}): pick an index below its width "
+                         "(`esr-eval latents --search WORD` lists them)")  # fmt: skip
+
+
 def model_args(args: argparse.Namespace) -> dict[str, Any]:
     """The -M arguments of the steered provider that the command line gave."""
     given = dict(dictionary=args.dictionary, layer=args.layer, labels=args.labels, dtype=args.dtype, device=args.device,

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
 
 import argparse
 
-from esr_eval.cli.common import add_model_args, console, engine_from
+from esr_eval.cli.common import add_model_args, check_latents_fit, console, engine_from
 from esr_eval.config import GENERATION, TaskArgs
 
 
@@ -20,6 +20,7 @@ def _generate(args: argparse.Namespace) -> int:
     from esr_eval.steering.intervention import Intervention
 
     check_generate_args(args)
+    check_latents_fit(args, None if args.latent is None else [args.latent], "--latent")
     engine = engine_from(args)
     if args.latent is not None and engine.dictionary is not None:
         engine.dictionary.check_latent(args.latent)

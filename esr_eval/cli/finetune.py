@@ -7,7 +7,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from esr_eval.cli.common import DTYPES
+from esr_eval.cli.common import DTYPES, check_latents_fit, latent_indices
 from esr_eval.config import (
     DATA_GENERATION_DTYPE,
     DEFAULT_MODEL_NAME,
@@ -38,6 +38,7 @@ def _make_steered_data(args: argparse.Namespace) -> int:
     if not str(args.out).endswith(".jsonl"):
         raise UsageError(f"--out {args.out}: the rows are written as jsonl, name the file *.jsonl")
     prompts = training_prompts(args.prompts)
+    check_latents_fit(args, args.latents)
     engine = load_engine(args.model, args.dictionary, None, None, args.dtype, args.device)
     if engine.dictionary is None:
         raise UsageError("steered rows need a dictionary: use a preset or --dictionary")
@@ -111,7 +112,7 @@ def add_make_data(sub) -> None:
     steered = p.add_argument_group("steering-aware rows (--steered): the model's own drift under steering, a recovery line, a good answer")
     steered.add_argument("--steered", action="store_true", help="write steering-aware rows (each carries its steering)")
     steered.add_argument("--dictionary", help="SAE to steer (default: the model preset's)")
-    steered.add_argument("--latents", help="comma-separated training latents (default: sample --n-latents)")
+    steered.add_argument("--latents", type=latent_indices, help="comma-separated training latents (default: sample --n-latents)")
     steered.add_argument("--n-latents", type=int, default=d.n_latents)
     steered.add_argument("--correction-share", type=float, default=d.correction_share)
     steered.add_argument("--steered-share", type=float, default=d.steered_share, help="rows steered below the derailing boost, no restart")

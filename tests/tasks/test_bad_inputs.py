@@ -266,3 +266,31 @@ def test_a_misspelt_gate_metric_names_the_known_ones(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no metric is called 'esr_rat'; did you mean esr_rate? known are " in err and "multi_attempt_rate" in err
     assert main(["gate", str(tmp_path / "logs"), "--expect", "second_judge/esr_rate <= 1"]) == 4  # known, but missing
+
+
+@pytest.mark.parametrize(
+    ("command", "given", "message"),
+    [
+        (["calibrate"], "1,x", "--latents: '1,x': pass latent indices as comma-separated integers >= 0"),
+        (["calibrate"], "3,-2", "--latents: '3,-2': pass latent indices as comma-separated integers >= 0"),
+        (["make-finetune-data", "--steered", "--out", "rows.jsonl"], ",", "--latents: ',': pass latent indices"),
+    ],
+)
+def test_latent_lists_that_are_not_indices_are_refused_by_the_parser(command, given, message, capsys, monkeypatch):
+    loads = count_loads(monkeypatch)
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--latents", given])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    assert loads == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["generate", "Hi", "--latent", "64"], ["calibrate", "--latents", "3,64"], ["make-finetune-data", "--steered", "--latents", "64", "--out", "r.jsonl"]],
+)
+def test_commands_check_latents_against_the_dictionary_before_the_model_loads(command, tiny_model_dir, tiny_sae_dir, capsys, monkeypatch):
+    loads = count_loads(monkeypatch)
+    assert main([*command, "--model", str(tiny_model_dir), "--dictionary", str(tiny_sae_dir)]) == 2
+    assert "latent 64 is outside the dictionary (0..63)" in capsys.readouterr().err
+    assert loads == []
