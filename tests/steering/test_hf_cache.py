@@ -58,3 +58,35 @@ def test_long_answers_equal_those_of_the_concatenating_cache(tiny_lm, monkeypatc
     plain = tiny_lm.generate(requests, max_batch_size=3)
     assert [g.token_ids for g in growing] == [p.token_ids for p in plain]
     assert max(len(g.token_ids) for g in growing) > hf_cache.SPARE_COLUMNS
+
+
+def test_a_single_row_concatenates_and_rows_joining_it_grow_in_place_again():
+    """4 rows, then one (concatenated as DynamicLayer does), then 4 again after a join: the same
+    tensors as DynamicLayer's at every step, and one buffer for the 100 steps after the join."""
+    torch.manual_seed(1)
+    plain, growing = DynamicCache(), DynamicCache()
+    plain.layers, growing.layers = [DynamicLayer()], [GrowingLayer()]
+    for cache in (plain, growing):
+        cache.layers[0].update(torch.ones(4, 2, 5, 8), torch.ones(4, 2, 5, 8))
+    buffers = []
+    for step in range(200):
+        if step == 50:
+            for cache in (plain, growing):
+                select_cache_rows(cache, torch.tensor([1]), 0, cache.layers[0].keys.shape[-2])
+        if step == 100:
+            extra = (torch.randn(3, 2, 9, 8), torch.randn(3, 2, 9, 8))
+            for cache in (plain, growing):
+                joining = DynamicCache()
+                joining.layers = [DynamicLayer()]
+                joining.layers[0].update(*extra)
+                merge_caches(cache, joining, cache.layers[0].keys.shape[-2])
+        rows = len(plain.layers[0].keys)
+        k, v = torch.randn(rows, 2, 1, 8), torch.randn(rows, 2, 1, 8)
+        want, got = plain.layers[0].update(k, v), growing.layers[0].update(k, v)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        keys = growing.layers[0].keys
+        buffers.append(None if keys._base is None else keys._base.data_ptr())  # a view's buffer
+    assert got[0].shape == (4, 2, 205, 8)
+    assert buffers[:50].count(None) == 0 and len(set(buffers[:50])) == 1  # 4 rows: views of one buffer
+    assert buffers[50:100] == [None] * 50  # one row: whole tensors, as DynamicLayer's
+    assert None not in buffers[100:] and len(set(buffers[100:])) == 1  # after the join: one buffer again
