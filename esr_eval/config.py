@@ -246,6 +246,18 @@ def check_latent_list(latents: list[int], flag: str) -> None:
         raise UsageError(f"{flag}: latent {repeated[0]} is given twice; list each latent once (use -T prompts_per_latent for more trials)")
 
 
+def check_latents_within(latents: list[int], width: int | None, flag: str) -> None:
+    """Latent indices below the dictionary's width (None: unknown until the dictionary loads)."""
+    from esr_eval.errors import UsageError
+
+    if width is None:
+        return
+    outside = [k for k in latents if k >= width]
+    if outside:
+        raise UsageError(f"{flag}: latent {outside[0]} is outside the dictionary (0..{width - 1}): pick an index below its width "
+                         "(`esr-eval latents --search WORD` lists them)")  # fmt: skip
+
+
 def check_engine(name: str) -> None:
     """An engine name is one of ENGINES (the message names the -M option)."""
     from esr_eval.errors import UsageError

@@ -23,6 +23,7 @@ from esr_eval.config import (
     CONCRETENESS_OFFLINE,
     DEFAULT_MODEL,
     TaskArgs,
+    check_latents_within,
 )
 from esr_eval.errors import UsageError
 from esr_eval.provider import SteeredModelAPI, steered_api
@@ -155,12 +156,7 @@ def check_against_width(a: TaskArgs, width: int | None) -> None:
     """Pinned latents and n_latents against the dictionary's width, read before the model loads."""
     if width is None:
         return
-    outside = [k for k in a.latents or [] if k >= width]
-    if outside:
-        raise UsageError(
-            f"-T latents: latent {outside[0]} is outside the dictionary (0..{width - 1}): pick an index below its width "
-            "(`esr-eval latents --search WORD` lists them)"
-        )
+    check_latents_within(a.latents or [], width, "-T latents")
     if not a.latents and a.n_latents > width:
         raise UsageError(f"-T n_latents={a.n_latents} exceeds the dictionary's {width} latents: ask for fewer")
 

@@ -32,14 +32,11 @@ def latent_indices(text: str) -> list[int]:
 def check_latents_fit(args: argparse.Namespace, latents: list[int] | None, flag: str = "--latents") -> None:
     """Latent indices against the width of the dictionary `--model`/`--dictionary` name, read from
     its files before the model loads (a sae-lens release is checked once it has loaded)."""
-    from esr_eval.errors import UsageError
+    from esr_eval.config import check_latents_within
     from esr_eval.steering.presets import dictionary_spec, local_dictionary_width
 
-    width = local_dictionary_width(dictionary_spec(args.model, args.dictionary)) if latents else None
-    outside = [k for k in latents or [] if width is not None and k >= width]
-    if outside and width is not None:
-        raise UsageError(f"{flag}: latent {outside[0]} is outside the dictionary (0..{width - 1}): pick an index below its width "
-                         "(`esr-eval latents --search WORD` lists them)")  # fmt: skip
+    if latents:
+        check_latents_within(latents, local_dictionary_width(dictionary_spec(args.model, args.dictionary)), flag)
 
 
 def model_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -13,13 +13,29 @@ from esr_eval.steering.engine import GenerationRequest
 from esr_eval.steering.intervention import Intervention
 
 
+def one_layer_caches() -> tuple[DynamicCache, DynamicCache]:
+    """(DynamicLayer's, GrowingLayer's) one-layer caches."""
+    plain, growing = DynamicCache(), DynamicCache()
+    plain.layers, growing.layers = [DynamicLayer()], [GrowingLayer()]
+    return plain, growing
+
+
+def join_three_rows(plain: DynamicCache, growing: DynamicCache, columns: int) -> None:
+    """Merge the same 3 rows, prefilled apart with `columns` columns, into both caches."""
+    extra = (torch.randn(3, 2, columns, 8), torch.randn(3, 2, columns, 8))
+    for cache in (plain, growing):
+        joining = DynamicCache()
+        joining.layers = [DynamicLayer()]
+        joining.layers[0].update(*extra)
+        merge_caches(cache, joining, cache.layers[0].keys.shape[-2])
+
+
 def test_growing_layer_holds_what_dynamic_layer_holds_through_leaves_and_joins():
     """300 decode steps after a 5-column prefill, rows leaving at step 150 and joining at 200: the
     layer returns exactly DynamicLayer's tensors at every step, and writes in place between
     regrowths (one every SPARE_COLUMNS steps, plus one after each change of rows)."""
     torch.manual_seed(0)
-    plain, growing = DynamicCache(), DynamicCache()
-    plain.layers, growing.layers = [DynamicLayer()], [GrowingLayer()]
+    plain, growing = one_layer_caches()
     k, v = torch.randn(4, 2, 5, 8), torch.randn(4, 2, 5, 8)
     for cache in (plain, growing):
         cache.layers[0].update(k, v)
@@ -29,12 +45,7 @@ def test_growing_layer_holds_what_dynamic_layer_holds_through_leaves_and_joins()
             for cache in (plain, growing):
                 select_cache_rows(cache, torch.tensor([0, 2]), 3, cache.layers[0].keys.shape[-2] - 3)
         if step == 200:
-            extra = (torch.randn(3, 2, 7, 8), torch.randn(3, 2, 7, 8))
-            for cache in (plain, growing):
-                joining = DynamicCache()
-                joining.layers = [DynamicLayer()]
-                joining.layers[0].update(*extra)
-                merge_caches(cache, joining, cache.layers[0].keys.shape[-2])
+            join_three_rows(plain, growing, columns=7)
         k, v = torch.randn(len(plain.layers[0].keys), 2, 1, 8), torch.randn(len(plain.layers[0].keys), 2, 1, 8)
         want = plain.layers[0].update(k, v)
         got = growing.layers[0].update(k, v)
@@ -64,8 +75,7 @@ def test_a_single_row_concatenates_and_rows_joining_it_grow_in_place_again():
     """4 rows, then one (concatenated as DynamicLayer does), then 4 again after a join: the same
     tensors as DynamicLayer's at every step, and one buffer for the 100 steps after the join."""
     torch.manual_seed(1)
-    plain, growing = DynamicCache(), DynamicCache()
-    plain.layers, growing.layers = [DynamicLayer()], [GrowingLayer()]
+    plain, growing = one_layer_caches()
     for cache in (plain, growing):
         cache.layers[0].update(torch.ones(4, 2, 5, 8), torch.ones(4, 2, 5, 8))
     buffers = []
@@ -74,12 +84,7 @@ def test_a_single_row_concatenates_and_rows_joining_it_grow_in_place_again():
             for cache in (plain, growing):
                 select_cache_rows(cache, torch.tensor([1]), 0, cache.layers[0].keys.shape[-2])
         if step == 100:
-            extra = (torch.randn(3, 2, 9, 8), torch.randn(3, 2, 9, 8))
-            for cache in (plain, growing):
-                joining = DynamicCache()
-                joining.layers = [DynamicLayer()]
-                joining.layers[0].update(*extra)
-                merge_caches(cache, joining, cache.layers[0].keys.shape[-2])
+            join_three_rows(plain, growing, columns=9)
         rows = len(plain.layers[0].keys)
         k, v = torch.randn(rows, 2, 1, 8), torch.randn(rows, 2, 1, 8)
         want, got = plain.layers[0].update(k, v), growing.layers[0].update(k, v)
